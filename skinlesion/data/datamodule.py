@@ -1,0 +1,229 @@
+"""One LightningDataModule for the three datasets: official files -> partitions -> tensors."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import ModuleType
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from skinlesion.data import derm7pt, isic2019, pad_ufes
+from skinlesion.data.images import ImageCache, load_rgb
+from skinlesion.data.info import DataInfo
+from skinlesion.data.metadata import build_meta_encoder, meta_dim
+from skinlesion.data.table import CaseTable, check_root
+from skinlesion.data.tasks import select_tasks
+from skinlesion.data.transforms import geometric, photometric, to_tensor
+from skinlesion.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+DATASETS: dict[str, ModuleType] = {m.NAME: m for m in (pad_ufes, isic2019, derm7pt)}
+
+
+class CaseDataset(Dataset):
+    """Cases of one partition; returns images (same geometric transform for all modalities), metadata, targets."""
+
+    def __init__(self, table: CaseTable, positions: np.ndarray, keys: tuple[str, ...], meta: np.ndarray,
+                 image_size: int, train: bool, augment: dict, normalize: str,
+                 cached: dict[Path, Path] | None = None):
+        self.table, self.positions, self.keys = table, positions, keys
+        self.meta = torch.from_numpy(meta.astype(np.float32))
+        self.targets = torch.from_numpy(table.targets[positions])
+        self.geo = geometric(image_size, train, augment, extra_keys=keys[1:])
+        self.photo = photometric(train, augment)
+        self.normalize, self.cached = normalize, cached or {}
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def _load(self, key: str, row: int) -> np.ndarray:
+        src = self.table.images[key][row]
+        where = f" (case {self.table.case_ids[row]}, {self.table.source.name} line {self.table.csv_line(row)})"
+        return load_rgb(self.cached.get(src, src), where)
+
+    def __getitem__(self, i: int) -> dict:
+        row = int(self.positions[i])
+        item: dict = {"meta": self.meta[i], "target": self.targets[i], "index": row}
+        if self.keys:
+            imgs = {k: self._load(k, row) for k in self.keys}
+            out = self.geo(image=imgs[self.keys[0]], **{k: imgs[k] for k in self.keys[1:]})
+            item["images"] = {}
+            for k in self.keys:
+                img = out["image" if k == self.keys[0] else k]
+                if self.photo is not None:
+                    img = self.photo(image=img)["image"]
+                item["images"][k] = to_tensor(img, self.normalize)
+        return item
+
+
+class SkinLesionDataModule(L.LightningDataModule):
+    def __init__(self, dataset: str, root: str | None = None, fold: int = 0, image_size: int = 224,
+                 batch_size: int = 128, eval_batch_size: int | None = None, num_workers: int = 4,
+                 tasks: list[str] | None = None, image_keys: list[str] | None = None,
+                 meta: str | None = "default", meta_clean: bool = False, meta_fields: list[str] | None = None,
+                 scale_numeric: bool = False, split: str = "stratified", split_seed: int | None = None,
+                 image_dir: str = "ISIC_2019_Training_Input", missing_images: str = "error",
+                 augment: dict | None = None, normalize: str = "imagenet", cache: dict | None = None,
+                 pin_memory: bool = True, persistent_workers: bool = True, progress: bool = True):
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ConfigError(f"data.dataset={dataset!r}: expected one of {sorted(DATASETS)}")
+        if missing_images not in ("error", "skip"):
+            raise ConfigError(f"data.missing_images={missing_images!r}: expected 'error' or 'skip'")
+        self.spec = DATASETS[dataset]
+        self.dataset, self.root, self.fold = dataset, root, fold
+        self.image_size, self.batch_size = image_size, batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers, self.pin_memory, self.persistent_workers = num_workers, pin_memory, persistent_workers
+        self.task_names = list(tasks) if tasks else None
+        keys = tuple(image_keys) if image_keys else self.spec.IMAGE_KEYS
+        unknown = [k for k in keys if k not in self.spec.IMAGE_KEYS]
+        if unknown:
+            raise ConfigError(f"data.image_keys={list(keys)}: {dataset} has images {list(self.spec.IMAGE_KEYS)}")
+        self.image_keys = keys
+        self.meta_variant = None if meta in (None, "none") else meta
+        self.meta_clean, self.meta_fields, self.scale_numeric = meta_clean, meta_fields, scale_numeric
+        self.split, self.split_seed, self.image_dir = split, split_seed, image_dir
+        self.missing_images, self.normalize = missing_images, normalize
+        self.augment = dict(augment or {})
+        self.cache_cfg = dict(cache or {})
+        self.progress = progress
+        self.input_keys: tuple[str, ...] = keys   # narrowed to what the model reads (set_input_keys)
+        self.table: CaseTable | None = None
+        self._info = DataInfo(dataset, select_tasks(dataset, self.task_names), keys, self._meta_dim())
+
+    # --- description known from the config alone ----------------------------------------------------
+    def _meta_dim(self) -> int:
+        if self.meta_variant is None:
+            return 0
+        if self.meta_fields:
+            return -1   # learned vocabulary: known after setup()
+        variant = None if self.meta_variant == "default" else self.meta_variant
+        try:
+            return meta_dim(self.dataset, variant, self.meta_clean)
+        except ValueError as e:
+            raise ConfigError(f"data.meta: {e}") from None
+
+    @property
+    def info(self) -> DataInfo:
+        return self._info
+
+    def set_input_keys(self, keys: tuple[str, ...]) -> None:
+        """Load only the modalities the model reads."""
+        self.input_keys = tuple(keys)
+
+    # --- reading --------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.table is not None:
+            return
+        root = check_root(self.root, self.dataset)
+        table = self.spec.read(root, image_dir=self.image_dir)
+        task_pos = [i for i, t in enumerate(table.tasks) if t in self._info.tasks]
+        table.targets, table.tasks = table.targets[:, task_pos], self._info.tasks
+        for note in table.notes:
+            log.warning("%s: %s", self.dataset, note)
+        if self.dataset == "derm7pt":
+            partition = derm7pt.partition(table, root)
+            fold_col = np.full(len(table), -1)
+        else:
+            kwargs = {"split": self.split} | ({"seed": self.split_seed} if self.split_seed is not None else {})
+            try:
+                fold_col = self.spec.folds(table, **kwargs)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            from skinlesion.data.splits import cv_partition
+            try:
+                partition = cv_partition(fold_col, self.fold)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        table, partition, fold_col = self._handle_missing(table, partition, fold_col)
+        self.table, self.partition, self.fold_col = table, partition, fold_col
+        self._fit_meta()
+        cached = self._build_cache()
+        self.datasets = {part: self._make(part, cached) for part in ("train", "val", "test")
+                         if (partition == part).any()}
+        log.info("%s: %s", self.dataset, {p: len(d) for p, d in self.datasets.items()})
+
+    def _handle_missing(self, table, partition, fold_col):
+        keys = self.input_keys
+        missing = np.zeros(len(table), dtype=bool)
+        for k in keys:
+            missing |= np.array([not p.is_file() for p in table.images[k]])
+        if not missing.any():
+            return table, partition, fold_col
+        first = int(np.flatnonzero(missing)[0])
+        paths = [str(table.images[k][first]) for k in keys if not table.images[k][first].is_file()]
+        msg = (f"{int(missing.sum())} of {len(table)} case(s) have missing image files; first: case "
+               f"{table.case_ids[first]} ({table.source.name} line {table.csv_line(first)}) expects {paths}")
+        if self.missing_images == "error":
+            raise DataError(msg + ". Fix the dataset or set data.missing_images=skip to drop these cases.")
+        log.warning("%s; skipping them (data.missing_images=skip). Per partition: %s", msg,
+                    pd.Series(partition[missing]).value_counts().to_dict())
+        keep = ~missing
+        self.skipped = table.case_ids[missing]
+        return table.subset(keep), partition[keep], fold_col[keep]
+
+    def _fit_meta(self) -> None:
+        n = len(self.table)
+        if self.meta_variant is None:
+            self.meta = np.zeros((n, 0), dtype=np.float32)
+            return
+        variant = None if self.meta_variant == "default" else self.meta_variant
+        kwargs = {"fields": list(self.meta_fields), "variant": "custom"} if self.meta_fields else {"variant": variant}
+        enc = build_meta_encoder(self.dataset, clean=self.meta_clean, scale_numeric=self.scale_numeric,
+                                 source=self.table.source.name, **kwargs)
+        train = self.partition == "train"
+        enc.fit(self.table.frame.iloc[np.flatnonzero(train)])   # learned parts (scaling, vocab) see train only
+        self.meta = enc.transform(self.table.frame)
+        self.meta_columns = list(enc.columns)
+        if self._info.meta_dim == -1:
+            self._info = DataInfo(self.dataset, self._info.tasks, self.image_keys, enc.dim)
+
+    def _build_cache(self) -> dict[Path, Path] | None:
+        if not self.cache_cfg.get("enabled", False) or not self.input_keys:
+            return None
+        cache = ImageCache(self.cache_cfg["dir"], int(self.cache_cfg.get("size", 256)))
+        sources = [p for k in self.input_keys for p in self.table.images[k]]
+        return cache.build(sources, workers=max(1, self.num_workers), progress=self.progress)
+
+    def _make(self, part: str, cached) -> CaseDataset:
+        pos = np.flatnonzero(self.partition == part)
+        return CaseDataset(self.table, pos, self.input_keys, self.meta[pos], self.image_size, part == "train",
+                           self.augment, self.normalize, cached)
+
+    # --- outputs ---------------------------------------------------------------------------------------
+    def fold_frame(self) -> pd.DataFrame:
+        """Every case's fold and partition in this run (written to folds.csv)."""
+        return pd.DataFrame({"case_id": self.table.case_ids, "csv_line": [self.table.csv_line(i) for i in
+                             range(len(self.table))], "fold": self.fold_col, "partition": self.partition})
+
+    def class_counts(self) -> list[np.ndarray]:
+        """Per task, the number of training cases of each class."""
+        y = self.table.targets[self.partition == "train"]
+        return [np.bincount(y[:, j], minlength=t.num_classes) for j, t in enumerate(self._info.tasks)]
+
+    # --- loaders ---------------------------------------------------------------------------------------
+    def _loader(self, part: str, train: bool) -> DataLoader:
+        if part not in self.datasets:
+            raise ConfigError(f"{self.dataset} has no '{part}' partition in this setting")
+        ds = self.datasets[part]
+        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
+                          drop_last=train and len(ds) > self.batch_size, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory and torch.cuda.is_available(),
+                          persistent_workers=self.persistent_workers and self.num_workers > 0)
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False)
+
+    def test_dataloader(self):
+        return self._loader("test", False)
+
+    def has_partition(self, part: str) -> bool:
+        return part in self.datasets

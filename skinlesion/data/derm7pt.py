@@ -1,0 +1,49 @@
+"""derm7pt / seven-point checklist, release_v0 (METHODS §1.4): ``meta/`` CSVs and ``images/<csv path>``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from skinlesion.data.table import CaseTable, map_labels, read_csv
+from skinlesion.data.tasks import DERM7PT_TASK_COLUMNS, DERM7PT_TASKS
+from skinlesion.errors import DataError
+
+NAME = "derm7pt"
+IMAGE_KEYS = ("derm", "clinic")   # branch order of METHODS A-25: dermoscopy first
+TASKS = DERM7PT_TASKS
+INDEX_FILES = {"train": "train_indexes.csv", "val": "valid_indexes.csv", "test": "test_indexes.csv"}
+
+
+def read(root: Path, **_: object) -> CaseTable:
+    path = root / "meta" / "meta.csv"
+    df = read_csv(path, ["case_num", *DERM7PT_TASK_COLUMNS.values(), "clinic", "derm"], "derm7pt meta")
+    targets = np.stack([map_labels(df[DERM7PT_TASK_COLUMNS[t.name]], t, path, DERM7PT_TASK_COLUMNS[t.name])
+                        for t in TASKS], axis=1)
+    images = {}
+    for key in ("derm", "clinic"):
+        # CSV paths are used verbatim: case and folder names do not follow a pattern (.jpg/.JPG, 'bis').
+        images[key] = [root / "images" / str(p) for p in df[key]]
+    table = CaseTable(NAME, path, df, df["case_num"].astype(str).to_numpy(), TASKS, targets, images)
+    same = df.loc[df["clinic"] == df["derm"], "case_num"].tolist()
+    if same:
+        table.notes.append(f"{len(same)} case(s) use the dermoscopic image as clinical image (clinic == derm): "
+                           f"case_num {same}")
+    return table
+
+
+def partition(table: CaseTable, root: Path) -> np.ndarray:
+    """'train'/'val'/'test' per row from the official index files (0-based row positions)."""
+    from skinlesion.data.splits import derm7pt_partition
+    idx = {}
+    for part, name in INDEX_FILES.items():
+        f = root / "meta" / name
+        df = read_csv(f, ["indexes"], "derm7pt split index")
+        values = pd.to_numeric(df["indexes"], errors="coerce")
+        if values.isna().any():
+            i = int(np.flatnonzero(values.isna().to_numpy())[0])
+            raise DataError(f"{f}, line {i + 2}, column 'indexes': expected a 0-based row number, "
+                            f"got {df['indexes'].iloc[i]!r}")
+        idx[part] = values.to_numpy(dtype=np.int64)
+    return derm7pt_partition(len(table), idx["train"], idx["val"], idx["test"], source=str(root / "meta"))

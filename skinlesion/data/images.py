@@ -1,0 +1,59 @@
+"""Image decoding (always 3-channel RGB) and the optional pre-resized image cache."""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from skinlesion.errors import DataError
+
+
+def load_rgb(path: Path, where: str = "") -> np.ndarray:
+    """Decode to an HxWx3 uint8 array; RGBA, palette and greyscale images are converted to RGB."""
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))  # writable copy (torch warns on read-only arrays)
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found{where}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: cannot decode image{where} ({type(e).__name__}: {e})") from None
+
+
+class ImageCache:
+    """Pre-resized copies of source images, keyed by path, size and modification time.
+
+    Decoding full-size photographs dominates the input pipeline; a 256-px copy is decoded several times
+    faster. A changed source file (new mtime or size) gets a new key, so stale copies are never read.
+    """
+
+    def __init__(self, directory: str | os.PathLike, size: int = 256):
+        self.dir = Path(directory).expanduser() / f"{size}px"
+        self.size = size
+
+    def key(self, src: Path) -> Path:
+        st = src.stat()
+        digest = hashlib.sha1(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}|{self.size}".encode()).hexdigest()
+        return self.dir / digest[:2] / f"{digest[2:20]}.png"
+
+    def _build_one(self, src: Path) -> Path:
+        dst = self.key(src)
+        if not dst.is_file():
+            img = Image.fromarray(load_rgb(src)).resize((self.size, self.size), Image.Resampling.BILINEAR)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_suffix(f".{os.getpid()}.tmp")
+            img.save(tmp, format="PNG", compress_level=1)
+            os.replace(tmp, dst)   # atomic: a crash never leaves a truncated cache file behind
+        return dst
+
+    def build(self, sources: list[Path], workers: int = 4, progress: bool = True) -> dict[Path, Path]:
+        """Make sure every source has a cached copy; returns source -> cached path."""
+        unique = list(dict.fromkeys(sources))
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            it = pool.map(self._build_one, unique)
+            done = list(tqdm(it, total=len(unique), desc=f"image cache {self.size}px", disable=not progress))
+        return dict(zip(unique, done))

@@ -1,0 +1,19 @@
+"""What a model needs to know about a dataset, known from the config alone (before any file is read)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from skinlesion.data.tasks import Task
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    dataset: str
+    tasks: tuple[Task, ...]
+    image_keys: tuple[str, ...]   # modalities the dataset provides, primary first: "clinic" and/or "derm"
+    meta_dim: int                 # width of the encoded metadata vector (0: none)
+
+    @property
+    def main_metric(self) -> str:
+        """BAC for single-task data, AVG ACC over the tasks otherwise (METHODS §6)."""
+        return "bac" if len(self.tasks) == 1 else "avg_acc"

@@ -1,0 +1,53 @@
+"""ISIC-2019 training set (METHODS §1.3): ground-truth + metadata CSVs and a folder of JPEGs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from skinlesion.data.table import CaseTable, read_csv
+from skinlesion.data.tasks import ISIC2019_TASKS, ISIC_CLASSES
+from skinlesion.errors import DataError
+
+NAME = "isic2019"
+IMAGE_KEYS = ("derm",)
+TASKS = ISIC2019_TASKS
+GROUND_TRUTH = "ISIC_2019_Training_GroundTruth.csv"
+METADATA = "ISIC_2019_Training_Metadata.csv"
+
+
+def read(root: Path, image_dir: str = "ISIC_2019_Training_Input", **_: object) -> CaseTable:
+    gt_path, meta_path = root / GROUND_TRUTH, root / METADATA
+    gt = read_csv(gt_path, ["image", *ISIC_CLASSES, "UNK"], "ISIC-2019 ground truth")
+    meta = read_csv(meta_path, ["image", "age_approx", "anatom_site_general", "sex"], "ISIC-2019 metadata")
+    onehot = gt[list(ISIC_CLASSES)].to_numpy(dtype=float)
+    if (gt["UNK"].to_numpy(dtype=float) != 0).any():
+        i = int(np.flatnonzero(gt["UNK"].to_numpy(dtype=float) != 0)[0])
+        raise DataError(f"{gt_path}, line {i + 2}, column 'UNK': expected the all-zero UNK column of the "
+                        f"official training set, found {gt['UNK'].iloc[i]!r}")
+    positives = (onehot == 1).sum(axis=1)
+    bad = np.flatnonzero((positives != 1) | ~np.isin(onehot, (0.0, 1.0)).all(axis=1))
+    if bad.size:
+        raise DataError(f"{gt_path}, line {bad[0] + 2} (image {gt['image'].iloc[bad[0]]}): expected exactly one "
+                        f"1.0 among {list(ISIC_CLASSES)} ({bad.size} row(s) affected)")
+    # Keep the metadata file's row order (METHODS §1.3); every metadata row needs its ground truth.
+    label_of = dict(zip(gt["image"].astype(str), onehot.argmax(axis=1)))
+    names = meta["image"].astype(str)
+    missing = [n for n in names if n not in label_of]
+    if missing:
+        raise DataError(f"{meta_path}: {len(missing)} image(s) have no row in {GROUND_TRUTH}, "
+                        f"first: {missing[0]!r}")
+    targets = np.array([label_of[n] for n in names], dtype=np.int64)[:, None]
+    folder = root / image_dir
+    images = [folder / f"{n}.jpg" for n in names]   # '_downsampled' names are used verbatim
+    lesion = meta["lesion_id"] if "lesion_id" in meta.columns else None
+    groups = None if lesion is None else np.where(lesion.isna(), names, lesion.astype(str)).astype(str)
+    return CaseTable(NAME, meta_path, meta, names.to_numpy(), TASKS, targets, {"derm": images}, groups)
+
+
+def folds(table: CaseTable, split: str = "stratified", seed: int = 32) -> np.ndarray:
+    from skinlesion.data.splits import isic_folds
+    if split not in ("stratified", "lesion_grouped"):
+        raise ValueError(f"data.split={split!r}: expected 'stratified' or 'lesion_grouped'")
+    groups = table.groups if split == "lesion_grouped" else None
+    return isic_folds(table.targets[:, 0], seed=seed, groups=groups)

@@ -1,0 +1,35 @@
+"""PAD-UFES-20 (METHODS §1.2): ``metadata.csv`` + PNGs spread over ``images/imgs_part_{1,2,3}/``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from skinlesion.data.table import CaseTable, index_files, map_labels, read_csv
+from skinlesion.data.tasks import PAD_UFES_TASKS
+
+NAME = "pad_ufes"
+IMAGE_KEYS = ("clinic",)        # smartphone clinical photographs
+TASKS = PAD_UFES_TASKS
+IMAGE_FOLDERS = ("images/imgs_part_1", "images/imgs_part_2", "images/imgs_part_3")
+
+
+def read(root: Path, **_: object) -> CaseTable:
+    path = root / "metadata.csv"
+    df = read_csv(path, ["patient_id", "lesion_id", "diagnostic", "img_id"], "PAD-UFES-20 metadata")
+    targets = map_labels(df["diagnostic"], TASKS[0], path, "diagnostic")[:, None]
+    # The release does not say which of the three folders holds an image: index all of them by name.
+    found = index_files([root / f for f in IMAGE_FOLDERS])
+    # Unfound images keep a descriptive placeholder path so that the error can say where we looked.
+    images = [found.get(name, root / "images" / "imgs_part_{1,2,3}" / name) for name in df["img_id"].astype(str)]
+    groups = (df["patient_id"].astype(str) + "/" + df["lesion_id"].astype(str)).to_numpy()
+    return CaseTable(NAME, path, df, df["img_id"].astype(str).to_numpy(), TASKS, targets,
+                     {"clinic": images}, groups)
+
+
+def folds(table: CaseTable, split: str = "stratified", seed: int = 8) -> np.ndarray:
+    from skinlesion.data.splits import pad_ufes_folds
+    if split not in ("stratified", "lesion_grouped"):
+        raise ValueError(f"data.split={split!r}: expected 'stratified' or 'lesion_grouped'")
+    groups = table.groups if split == "lesion_grouped" else None
+    return pad_ufes_folds(table.targets[:, 0], groups=groups, seed=seed)

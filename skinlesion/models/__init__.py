@@ -1,0 +1,56 @@
+"""Model registry: every network is a registered class built from its ``model`` config and the DataInfo.
+
+A network maps a batch ``{"images": {key: (B,3,H,W)}, "meta": (B,M), ...}`` to
+``{"logits": {branch: {task: (B,K)}}, "features": (B,F)}`` — ``features`` is the final fused feature
+(saved for t-SNE when asked).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from skinlesion.data.info import DataInfo
+from skinlesion.errors import ConfigError
+
+MODEL_REGISTRY: dict[str, type] = {}
+
+
+def register_model(name: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        if name in MODEL_REGISTRY:
+            raise KeyError(f"model {name!r} registered twice")
+        cls.registry_name = name
+        MODEL_REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+def _as_dict(cfg: DictConfig | dict | None) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
+
+
+def _resolve(model_cfg: DictConfig | dict) -> tuple[type, dict]:
+    # Importing the network modules registers them.
+    import skinlesion.models.baselines  # noqa: F401
+    import skinlesion.models.image_meta  # noqa: F401
+
+    cfg = _as_dict(model_cfg)
+    arch = cfg.pop("arch", None)
+    if arch not in MODEL_REGISTRY:
+        raise ConfigError(f"model.net.arch={arch!r} is unknown; registered: {sorted(MODEL_REGISTRY)}")
+    return MODEL_REGISTRY[arch], cfg
+
+
+def required_inputs(model_cfg: DictConfig | dict, info: DataInfo) -> tuple[str, ...]:
+    """Check that the dataset provides what the network reads (before any file is read); its image keys."""
+    cls, cfg = _resolve(model_cfg)
+    cls.check_data(cfg, info)
+    return tuple(cls.required_images(cfg, info))
+
+
+def build_network(model_cfg: DictConfig | dict, backbone_cfg: DictConfig | dict | None, info: DataInfo):
+    """Instantiate ``model_cfg.arch`` after checking that the dataset provides what it needs."""
+    cls, cfg = _resolve(model_cfg)
+    cls.check_data(cfg, info)
+    return cls(info=info, backbone=_as_dict(backbone_cfg), **cfg)

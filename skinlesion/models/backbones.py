@@ -1,0 +1,63 @@
+"""timm backbone factory: any timm name, pretrained off / timm's own loading / a local weights file."""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from skinlesion.errors import ConfigError
+
+
+def _resolve_pretrained(pretrained: bool | str | None) -> tuple[bool, dict]:
+    if pretrained in (None, False, "false", "False", ""):
+        return False, {}
+    if pretrained in (True, "true", "True", "timm"):
+        return True, {}
+    path = Path(str(pretrained)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"backbone.pretrained={pretrained!r}: no such weights file "
+                          "(expected false, true, or the path of a local timm-format state dict)")
+    return True, {"pretrained_cfg_overlay": {"file": str(path)}}
+
+
+class Backbone(nn.Module):
+    """A timm model used as a feature extractor: pooled features and per-stage maps."""
+
+    def __init__(self, name: str, pretrained: bool | str | None = False, drop_path_rate: float = 0.0):
+        super().__init__()
+        if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
+            close = difflib.get_close_matches(name, timm.list_models(), n=5)
+            raise ConfigError(f"backbone.name={name!r} is not a timm model; close matches: {close}")
+        use_pretrained, extra = _resolve_pretrained(pretrained)
+        kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+        self.name = name
+        self.model = timm.create_model(name, pretrained=use_pretrained, num_classes=0, **extra, **kwargs)
+        if hasattr(self.model, "conv_head") and type(self.model).__name__ == "MobileNetV3":
+            # The pooled feature is the GAP of forward_features (576 for MobileNetV3-Small), not the
+            # 1024-d conv head output (METHODS §2.1); drop the unused head so DDP sees no idle params.
+            for attr in ("conv_head", "norm_head", "act2"):
+                setattr(self.model, attr, nn.Identity())
+        self.num_features: int = self.model.num_features
+        cfg = self.model.pretrained_cfg
+        self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features (B, num_features)."""
+        return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Per-stage feature maps, NCHW, shallow to deep (for stage-wise fusion blocks)."""
+        return self.model.forward_intermediates(x, intermediates_only=True)
+
+    def stage_channels(self) -> list[int]:
+        return [info["num_chs"] for info in self.model.feature_info]
+
+    def thesis_param_count(self) -> int:
+        """Parameters as the thesis counts a backbone: with its unused ImageNet classifier (and conv head)."""
+        with torch.device("meta"):
+            full = timm.create_model(self.name, pretrained=False)
+        return sum(p.numel() for p in full.parameters())

@@ -1,0 +1,176 @@
+"""Training entry point: config -> DataModule -> LightningModule -> saved predictions -> metrics.
+
+    python train.py data=pad_ufes model=image_only data.fold=3
+    python train.py -m data=isic2019 data.fold=0,1,2,3,4
+
+Every run directory gets: config.yaml (resolved), run.json (status, identity, parameter counts),
+environment.json (package versions, git commit), folds.csv, checkpoints/, predictions/{val,test}.parquet,
+metrics.json and csv/metrics.csv (per-epoch log).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import hydra
+import lightning as L
+import numpy as np
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+import skinlesion.config  # noqa: F401  (registers the config resolvers)
+from skinlesion.errors import SkinLesionError
+from skinlesion.provenance import environment, write_json
+
+log = logging.getLogger("skinlesion")
+
+
+def _identity(cfg: DictConfig) -> dict:
+    return {"dataset": cfg.data.dataset, "model": cfg.model.name, "method": cfg.model.method,
+            "backbone": cfg.backbone.name if cfg.model.net.arch != "meta_only" else "none",
+            "fold": None if cfg.data.dataset == "derm7pt" else int(cfg.data.fold), "seed": int(cfg.seed),
+            "experiment": cfg.get("group"), "reported": cfg.model.report}
+
+
+def _tags(ident: dict, extra) -> list[str]:
+    return [*extra, f"dataset:{ident['dataset']}", f"backbone:{ident['backbone']}",
+            f"method:{ident['method']}", f"fold:{ident['fold']}", f"seed:{ident['seed']}"]
+
+
+def _loggers(cfg: DictConfig, ident: dict) -> list:
+    loggers = []
+    for name, lcfg in (cfg.get("logger") or {}).items():
+        if "WandbLogger" in lcfg._target_:
+            if not (os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").is_file()):
+                os.environ.setdefault("WANDB_MODE", "offline")   # no credentials: log locally, sync later
+            run_name = f"{ident['method']}-{ident['backbone']}-f{ident['fold']}-s{ident['seed']}"
+            loggers.append(hydra.utils.instantiate(lcfg, tags=_tags(ident, cfg.tags), name=run_name,
+                                                   offline=lcfg.offline or os.environ.get("WANDB_MODE") == "offline"))
+        else:
+            loggers.append(hydra.utils.instantiate(lcfg))
+    return loggers
+
+
+def run(cfg: DictConfig, out: Path) -> dict:
+    """One training job; returns the metrics written to ``out/metrics.json``."""
+    from skinlesion.evaluation.metrics import evaluate_predictions
+    from skinlesion.models import build_network, required_inputs
+    from skinlesion.module import MultiTaskModule
+
+    L.seed_everything(cfg.seed, workers=True)
+    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
+    # Fail before any file is read when the model needs a modality the dataset lacks.
+    dm.set_input_keys(required_inputs(cfg.model.net, dm.info))
+    dm.setup()
+    network = build_network(cfg.model.net, cfg.backbone, dm.info)
+    params = network.param_counts()
+    log.info("parameters: %s", params)
+    dm.fold_frame().to_csv(out / "folds.csv", index=False, lineterminator="\n")
+    module = MultiTaskModule(
+        network, dm.info, branch_weights=OmegaConf.to_container(cfg.model.branch_weights, resolve=True),
+        report=cfg.model.report, optim=cfg.optim.optimizer, scheduler=cfg.optim.scheduler,
+        class_counts=dm.class_counts() if cfg.class_weighted else None, tta=cfg.tta,
+        save_features=cfg.save_features)
+
+    ident = _identity(cfg)
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=_loggers(cfg, ident))
+    trainer.fit(module, datamodule=dm)
+
+    ckpt = trainer.checkpoint_callback
+    ckpt_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+    module.eval_views = module.tta
+    metrics: dict = {"main_metric": dm.info.main_metric, "reported": cfg.model.report,
+                     "best_checkpoint": ckpt_path, "params": params, "branches": list(network.branches),
+                     "tasks": {t.name: list(t.classes) for t in dm.info.tasks}}
+    (out / "predictions").mkdir(exist_ok=True)
+    for part in ("val", "test"):
+        if not dm.has_partition(part):
+            continue
+        loader = dm.val_dataloader() if part == "val" else dm.test_dataloader()
+        trainer.test(module, dataloaders=loader, ckpt_path=ckpt_path, verbose=False)
+        if trainer.global_rank != 0:
+            continue
+        frame = module.predictions
+        frame.insert(0, "case_id", dm.table.case_ids[frame.pop("index").to_numpy()])
+        frame.to_parquet(out / "predictions" / f"{part}.parquet", index=False)
+        if module.features is not None:
+            np.savez_compressed(out / "predictions" / f"{part}_features.npz", case_id=frame["case_id"].to_numpy(),
+                                features=module.features, target=frame.iloc[:, 1].to_numpy())
+        combos = list(network.branches) + (["all"] if len(network.branches) > 1 else [])
+        metrics[part] = {c: evaluate_predictions(frame, combination=c, dataset=dm.info.dataset) for c in combos}
+    if trainer.global_rank == 0:
+        write_json(out / "metrics.json", metrics)
+        print(results_table(metrics, dm.info), flush=True)
+    return metrics
+
+
+def results_table(metrics: dict, info) -> str:
+    """Per-task results of the reported output, with the chance level of each task for comparison."""
+    rep = metrics["reported"]
+    parts = [p for p in ("val", "test") if p in metrics]
+    head = f"{'task':<12}{'chance':>8}" + "".join(f"{p + ' ' + m:>10}" for p in parts for m in ("BAC", "ACC", "AUC"))
+    lines = [f"Results ({rep} output, TTA-averaged; BAC/ACC/AUC in %)", head, "-" * len(head)]
+    for t in info.tasks:
+        cells = []
+        for p in parts:
+            tm = metrics[p][rep]["tasks"][t.name]
+            cells += [tm["bac"], tm["acc"], tm["auc"]]
+        lines.append(f"{t.name:<12}{100 / t.num_classes:>8.1f}" +
+                     "".join(f"{100 * v:>10.1f}" if v is not None else f"{'n/a':>10}" for v in cells))
+    return "\n".join(lines)
+
+
+def _clean_message(e: BaseException) -> str:
+    msg = str(e)
+    # Errors raised inside DataLoader workers arrive wrapped with the worker's traceback.
+    if "Original Traceback" in msg:
+        msg = msg.strip().splitlines()[-1].split(": ", 1)[-1]
+    return msg
+
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    out = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    record = {"status": "running", "error": None, **_identity(cfg),
+              "overrides": list(HydraConfig.get().overrides.task)}
+    write_json(out / "run.json", record)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    write_json(out / "environment.json", environment(Path(hydra.utils.get_original_cwd())))
+    try:
+        metrics = run(cfg, out)
+    except Exception as e:  # noqa: BLE001  (recorded, then reported in words or re-raised)
+        record.update(status="failed", error=_clean_message(e))
+        write_json(out / "run.json", record)
+        if isinstance(e, SkinLesionError) or "DataError" in type(e).__name__:
+            log.error("%s", _clean_message(e))
+            if not multirun:
+                sys.exit(1)
+            return None
+        if multirun:   # keep the sweep going; the report lists this run as failed
+            log.error("run failed:\n%s", traceback.format_exc())
+            return None
+        raise
+    finally:
+        _finish_wandb()
+    record.update(status="completed", **{k: metrics[k] for k in ("main_metric", "params", "branches", "tasks")})
+    write_json(out / "run.json", record)
+    part = "val" if "val" in metrics else "test"
+    from skinlesion.evaluation.metrics import main_score
+    return main_score(metrics[part][cfg.model.report], metrics["main_metric"])
+
+
+def _finish_wandb() -> None:
+    # Sequential sweeps run every job in one process: close the W&B run so each job gets its own.
+    if "wandb" in sys.modules:
+        import wandb
+        if wandb.run is not None:
+            wandb.finish()

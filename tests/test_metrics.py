@@ -1,0 +1,152 @@
+import json
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, precision_score,
+                             recall_score, roc_auc_score)
+
+from skinlesion.data.tasks import DERM7PT_AUC_CATEGORIES, DERM7PT_MELANOMA_CATEGORIES
+from skinlesion.evaluation import predictions as P
+from skinlesion.evaluation.metrics import evaluate_predictions, main_score, task_metrics
+from skinlesion.evaluation.synthetic import dataset_classes, make_predictions, random_probs
+
+
+@pytest.mark.parametrize("k,seed", [(2, 0), (3, 1), (6, 2), (8, 3)])
+def test_task_metrics_match_sklearn(k, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, 300)
+    y[:k] = np.arange(k)  # every class present
+    prob = random_probs(rng, y, k, 1.0)
+    pred = prob.argmax(1)
+    classes = [f"c{i}" for i in range(k)]
+    m = task_metrics(y, prob, classes)
+    assert m["acc"] == pytest.approx(accuracy_score(y, pred))
+    assert m["bac"] == pytest.approx(balanced_accuracy_score(y, pred))
+    if k == 2:
+        ref_auc = roc_auc_score(y, prob[:, 1])
+    else:
+        ref_auc = roc_auc_score(y, prob, multi_class="ovr", average="macro", labels=list(range(k)))
+    assert m["auc"] == pytest.approx(ref_auc)
+    assert m["n_classes_present"] == k and m["n_classes_auc"] == k
+    rec = recall_score(y, pred, average=None, labels=list(range(k)), zero_division=np.nan)
+    pre = precision_score(y, pred, average=None, labels=list(range(k)), zero_division=np.nan)
+    cm = confusion_matrix(y, pred, labels=list(range(k)))
+    assert m["confusion_matrix"] == cm.tolist()
+    for i, c in enumerate(classes):
+        pc = m["per_class"][c]
+        assert pc["sensitivity"] == pytest.approx(rec[i])
+        if np.isnan(pre[i]):
+            assert pc["precision"] is None
+        else:
+            assert pc["precision"] == pytest.approx(pre[i])
+        tn = cm.sum() - cm[i].sum() - cm[:, i].sum() + cm[i, i]
+        assert pc["specificity"] == pytest.approx(tn / (cm.sum() - cm[i].sum()))
+        assert pc["auc"] == pytest.approx(roc_auc_score(y == i, prob[:, i]))
+        assert pc["support"] == int((y == i).sum())
+    json.dumps(m, allow_nan=False)
+    assert all(type(v) in (int, float) for v in (m["acc"], m["bac"], m["auc"]))
+
+
+def test_absent_class_is_undefined_not_zero():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 200)  # class 3 ("d") never occurs
+    prob = random_probs(rng, np.where(y == 0, 3, y), 4, 2.0)  # and is often predicted
+    m = task_metrics(y, prob, ["a", "b", "c", "d"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref_bac = balanced_accuracy_score(y, prob.argmax(1))
+    assert m["bac"] == pytest.approx(ref_bac)
+    assert m["n_classes_present"] == 3 and m["n_classes_auc"] == 3
+    assert m["per_class"]["d"]["sensitivity"] is None and m["per_class"]["d"]["auc"] is None
+    assert m["per_class"]["d"]["support"] == 0
+    assert m["per_class"]["d"]["precision"] == 0.0  # predicted but never right
+    ref_auc = np.mean([roc_auc_score(y == i, prob[:, i]) for i in range(3)])
+    assert m["auc"] == pytest.approx(ref_auc)
+    s = json.dumps(m, allow_nan=False)
+    assert '"sensitivity": null' in s
+
+
+def test_never_predicted_class_has_undefined_precision():
+    y = np.array([0, 0, 1, 1, 2])
+    prob = np.array([[.9, .1, 0], [.8, .2, 0], [.1, .9, 0], [.6, .4, 0], [.5, .3, .2]])
+    m = task_metrics(y, prob, ["a", "b", "c"])
+    assert m["per_class"]["c"]["precision"] is None
+    assert m["per_class"]["c"]["sensitivity"] == 0.0
+    assert m["bac"] == pytest.approx((1 + .5 + 0) / 3)
+    assert m["acc"] == pytest.approx(3 / 5)
+
+
+def test_single_class_split_has_no_auc():
+    m = task_metrics(np.zeros(4, int), np.tile([.7, .3], (4, 1)), ["a", "b"])
+    assert m["auc"] is None and m["n_classes_auc"] == 0 and m["bac"] == 1.0
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError):
+        task_metrics(np.zeros(3, int), np.zeros((3, 2)), ["a", "b", "c"])
+    with pytest.raises(ValueError):
+        task_metrics(np.array([0, 5]), np.zeros((2, 2)), ["a", "b"])
+
+
+def test_combine_branch_all_and_weights():
+    rng = np.random.default_rng(0)
+    cls = dataset_classes("pad_ufes")
+    df = make_predictions(cls, 50, ["image", "meta", "fusion"], rng)
+    assert P.branches(df) == ["image", "meta", "fusion"]
+    assert P.task_classes(df) == cls
+    pi, pm, pf = (P.branch_probs(df, b)["diagnostic"] for b in ("image", "meta", "fusion"))
+    np.testing.assert_allclose(P.combine(df, "fusion")["diagnostic"], pf)
+    np.testing.assert_allclose(P.combine(df, "all")["diagnostic"], (pi + pm + pf) / 3)
+    np.testing.assert_allclose(P.combine(df, {"image": 0.2, "fusion": 0.6})["diagnostic"], 0.25 * pi + 0.75 * pf)
+    with pytest.raises(KeyError):
+        P.combine(df, "derm")
+
+
+def test_derm7pt_averages_by_hand():
+    rng = np.random.default_rng(7)
+    cls = dataset_classes("derm7pt")
+    df = make_predictions(cls, 400, ["derm", "clinic", "fusion"], rng, signal={"derm": 1.5, "clinic": .5, "fusion": 1.})
+    m = evaluate_predictions(df, "all")
+    assert m["dataset"] == "derm7pt"
+    probs = {t: sum(df[[f"prob/{b}/{t}/{c}" for c in cs]].to_numpy() for b in ("derm", "clinic", "fusion")) / 3
+             for t, cs in cls.items()}
+    ys = {t: df[f"target/{t}"].to_numpy() for t in cls}
+    accs = [np.mean(probs[t].argmax(1) == ys[t]) for t in cls]
+    assert m["avg_acc"] == pytest.approx(np.mean(accs))
+    aucs = [roc_auc_score(ys[t] == cls[t].index(c), probs[t][:, cls[t].index(c)]) for t, c in DERM7PT_AUC_CATEGORIES]
+    assert len(aucs) == 17 and m["avg_auc_n"] == 17
+    assert m["avg_auc"] == pytest.approx(np.mean(aucs))
+    sens = []
+    for t, c in DERM7PT_MELANOMA_CATEGORIES:
+        i = cls[t].index(c)
+        pred = probs[t].argmax(1)
+        sens.append(np.sum((pred == i) & (ys[t] == i)) / np.sum(ys[t] == i))
+    assert m["melanoma"]["mean"]["sensitivity"] == pytest.approx(np.mean(sens))
+    assert m["melanoma"]["mean_n"]["auc"] == 8
+    assert main_score(m, "avg_acc") == pytest.approx(np.mean(accs))
+    assert main_score(m, "bac") == pytest.approx(np.mean([m["tasks"][t]["bac"] for t in cls]))
+    json.dumps(m, allow_nan=False)
+
+
+def test_derm7pt_avg_auc_skips_undefined_category():
+    rng = np.random.default_rng(3)
+    cls = dataset_classes("derm7pt")
+    y = {t: rng.integers(0, len(c), 120) for t, c in cls.items()}
+    y["VS"] = np.where(y["VS"] == 2, 0, y["VS"])  # VS-IR absent from the split
+    df = make_predictions(cls, 120, ["fusion"], rng, y=y)
+    m = evaluate_predictions(df, "fusion")
+    assert m["avg_auc_n"] == 16 and m["category_auc"]["VS-IR"] is None
+    defined = [v for v in m["category_auc"].values() if v is not None]
+    assert m["avg_auc"] == pytest.approx(np.mean(defined))
+    assert m["melanoma"]["mean_n"]["sensitivity"] == 7
+
+
+def test_single_task_main_score_is_bac():
+    rng = np.random.default_rng(1)
+    df = make_predictions(dataset_classes("isic2019"), 200, ["image"], rng)
+    m = evaluate_predictions(df, "image")
+    assert m["dataset"] == "isic2019" and "avg_auc" not in m
+    assert main_score(m, "bac") == m["tasks"]["diagnosis"]["bac"]
+    with pytest.raises(ValueError):
+        main_score(m, "f1")
