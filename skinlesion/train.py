@@ -43,7 +43,9 @@ def _tags(ident: dict, extra) -> list[str]:
 
 def _loggers(cfg: DictConfig, ident: dict) -> list:
     loggers = []
-    for name, lcfg in (cfg.get("logger") or {}).items():
+    for lcfg in (cfg.get("logger") or {}).values():
+        if lcfg is None:
+            continue
         if "WandbLogger" in lcfg._target_:
             if not (os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").is_file()):
                 os.environ.setdefault("WANDB_MODE", "offline")   # no credentials: log locally, sync later
@@ -77,7 +79,7 @@ def run(cfg: DictConfig, out: Path) -> dict:
         save_features=cfg.save_features)
 
     ident = _identity(cfg)
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=_loggers(cfg, ident))
     trainer.fit(module, datamodule=dm)
 
@@ -138,22 +140,29 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    out = Path(HydraConfig.get().runtime.output_dir)
-    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    return execute(cfg)
+
+
+def execute(cfg: DictConfig) -> float | None:
+    """Run one job with status bookkeeping; returns the validation score (for Hydra sweepers)."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
     record = {"status": "running", "error": None, **_identity(cfg),
-              "overrides": list(HydraConfig.get().overrides.task)}
+              "overrides": list(hydra_cfg.overrides.task) if hydra_cfg is not None else []}
     write_json(out / "run.json", record)
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    write_json(out / "environment.json", environment(Path(hydra.utils.get_original_cwd())))
+    write_json(out / "environment.json", environment(Path(cfg.paths.root_dir)))
     try:
         metrics = run(cfg, out)
     except Exception as e:  # noqa: BLE001  (recorded, then reported in words or re-raised)
         record.update(status="failed", error=_clean_message(e))
         write_json(out / "run.json", record)
-        if isinstance(e, SkinLesionError) or "DataError" in type(e).__name__:
+        if isinstance(e, SkinLesionError) or type(e).__name__ in ("DataError", "ConfigError"):
             log.error("%s", _clean_message(e))
             if not multirun:
-                sys.exit(1)
+                raise SystemExit(f"error: {_clean_message(e)}") from None
             return None
         if multirun:   # keep the sweep going; the report lists this run as failed
             log.error("run failed:\n%s", traceback.format_exc())
@@ -163,8 +172,8 @@ def main(cfg: DictConfig) -> float | None:
         _finish_wandb()
     record.update(status="completed", **{k: metrics[k] for k in ("main_metric", "params", "branches", "tasks")})
     write_json(out / "run.json", record)
-    part = "val" if "val" in metrics else "test"
     from skinlesion.evaluation.metrics import main_score
+    part = "val" if "val" in metrics else "test"
     return main_score(metrics[part][cfg.model.report], metrics["main_metric"])
 
 

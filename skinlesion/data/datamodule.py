@@ -9,7 +9,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from skinlesion.data import derm7pt, isic2019, pad_ufes
 from skinlesion.data.images import ImageCache, load_rgb
@@ -36,6 +36,15 @@ class CaseDataset(Dataset):
         self.geo = geometric(image_size, train, augment, extra_keys=keys[1:])
         self.photo = photometric(train, augment)
         self.normalize, self.cached = normalize, cached or {}
+        # albumentations keeps its own random state, independent of the global seeds: derive it from the
+        # (seeded) torch generator here, and per DataLoader worker from that worker's seed.
+        self._seed_transforms(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+        self._worker_seeded: int | None = None
+
+    def _seed_transforms(self, seed: int) -> None:
+        self.geo.set_random_seed(seed)
+        if self.photo is not None:
+            self.photo.set_random_seed(seed + 1)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -46,6 +55,10 @@ class CaseDataset(Dataset):
         return load_rgb(self.cached.get(src, src), where)
 
     def __getitem__(self, i: int) -> dict:
+        worker = get_worker_info()
+        if worker is not None and self._worker_seeded != worker.seed:
+            self._seed_transforms(worker.seed % 2**31)
+            self._worker_seeded = worker.seed
         row = int(self.positions[i])
         item: dict = {"meta": self.meta[i], "target": self.targets[i], "index": row}
         if self.keys:

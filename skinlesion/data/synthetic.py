@@ -81,7 +81,7 @@ _LOOKS = {
     "NEV": _look((0.42, 0.26, 0.15), (0.56, 0.38, 0.25), (0.25, 0.15, 0.08), (0.42, 0.26, 0.15),
                  0.25, 5.0, 1.0, 0.0, 0.03, 3.0, 1.10, 0.08, 0.36),
     "MEL": _look((0.16, 0.09, 0.08), (0.42, 0.24, 0.15), (0.05, 0.04, 0.05), (0.42, 0.48, 0.62),
-                 0.30, 4.0, 0.3, 0.65, 0.20, 6.0, 1.35, 0.04, 0.46),
+                 0.30, 4.0, 0.3, 0.65, 0.15, 5.0, 1.35, 0.04, 0.46),
     "BCC": _look((0.88, 0.66, 0.66), (0.78, 0.48, 0.48), (0.72, 0.10, 0.16), (0.97, 0.93, 0.93),
                  0.45, 7.0, 0.0, 0.45, 0.08, 4.0, 1.15, 0.05, 0.38),
     "ACK": _look((0.80, 0.44, 0.38), (0.84, 0.58, 0.50), (0.93, 0.87, 0.78), (0.80, 0.44, 0.38),
@@ -140,15 +140,14 @@ def _lerp(a: np.ndarray, b: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def _marker_style(task_index: int, code: int, raw: str) -> np.ndarray:
-    """(alpha, radius, r, g, b, stripes): code 0 draws nothing, 1 a light disc, 2 a larger dark striped disc."""
+    """(alpha, radius, r, g, b, stripes): code 0 draws nothing, 1 a plain disc, 2 a larger, darker striped disc."""
     base = np.asarray(_RS_RGB.get(raw, _MARKER_RGB[task_index]) if task_index == 3 else _MARKER_RGB[task_index])
-    light = base + (1.0 - base) * 0.3
     radius = {0: 0.095, 1: 0.095, 2: 0.125}[code]
     if task_index == 2 and code:        # pigmentation: diffuse blotches are larger than localized ones
         radius *= 1.15 if raw.startswith("diffuse") else 0.85
     if code == 2:
-        return np.array([1.0, radius, *(base * 0.55), 1.0])
-    return np.array([0.0 if code == 0 else 1.0, radius, *light, 0.0])
+        return np.array([1.0, radius, *(base * 0.5), 1.0])
+    return np.array([0.0 if code == 0 else 1.0, radius, *base, 0.0])
 
 
 def _draw(rng: np.random.Generator, job: _Job, size: int, difficulty: float) -> dict[str, np.ndarray]:
@@ -158,17 +157,18 @@ def _draw(rng: np.random.Generator, job: _Job, size: int, difficulty: float) -> 
         other = job.alt_looks[rng.integers(len(job.alt_looks))]
         look = _lerp(look, other, rng.uniform(0.0, 0.5 * difficulty))
     lk = _unpack(look)
-    jitter = rng.normal(0.0, 0.03 + 0.05 * difficulty, 3)
+    sd = 0.03 + 0.05 * difficulty      # mostly brightness, so that hues stay plausible
+    jitter = rng.normal(0.0, sd) + rng.normal(0.0, sd / 3, 3)
     centre, edge = lk["centre"] + jitter, lk["edge"] + jitter
 
     u = job.skin_u if job.skin_u is not None else rng.uniform(0.0, 0.7)
     u = float(np.clip(u + rng.normal(0.0, 0.05), 0.0, 1.0))
     if job.dermoscopic:     # dermoscopy: pinker, evenly lit skin, larger centred lesion
         skin = _lerp(np.array([0.90, 0.66, 0.58]), np.array([0.66, 0.44, 0.36]), u)
-        grad, pos_sd, scale, tex_scale = rng.uniform(0.0, 0.08), 0.08, 1.0, 1.0
+        grad, pos_sd, scale, tex_scale = rng.uniform(0.0, 0.08), 0.08, 1.45, 1.0
     else:                   # clinical photo: paler skin, lighting gradient, smaller off-centre lesion
         skin = _lerp(np.array([0.93, 0.78, 0.68]), np.array([0.56, 0.39, 0.29]), u)
-        grad, pos_sd, scale, tex_scale = rng.uniform(0.05, 0.25), 0.15, 0.75, 0.6
+        grad, pos_sd, scale, tex_scale = rng.uniform(0.05, 0.25), 0.15, 1.05, 0.6
         centre, edge = _lerp(centre, skin, 0.2), _lerp(edge, skin, 0.2)
     skin = skin + rng.normal(0.0, 0.02, 3)
     radius = lk["size"] * scale * job.lesion_scale * rng.uniform(0.8, 1.2)
@@ -193,10 +193,11 @@ def _draw(rng: np.random.Generator, job: _Job, size: int, difficulty: float) -> 
     blotch_angle = rng.uniform(0, 2 * np.pi)
     return {
         "skin": skin, "grad": np.array(grad), "grad_dir": np.array(rng.uniform(0, 2 * np.pi)),
-        "coarse": rng.normal(0.0, 0.035, (5, 5, 3)),
+        # blotchy skin: mostly brightness, a little colour
+        "coarse": rng.normal(0.0, 0.035, (5, 5, 1)) + rng.normal(0.0, 0.01, (5, 5, 3)),
         "cx": np.array(rng.normal(0.0, pos_sd)), "cy": np.array(rng.normal(0.0, pos_sd)),
         "R": np.array(radius), "aspect": np.array(lk["aspect"] * rng.uniform(0.9, 1.1)),
-        "theta": np.array(rng.uniform(0, np.pi)), "lobe": np.array(lk["lobe"] * rng.uniform(0.6, 1.4)),
+        "theta": np.array(rng.uniform(0, np.pi)), "lobe": np.array(lk["lobe"] * rng.uniform(0.5, 1.2)),
         "lobes": np.array(lk["lobes"]), "ph1": np.array(rng.uniform(0, 2 * np.pi)),
         "ph2": np.array(rng.uniform(0, 2 * np.pi)), "soft": np.array(max(lk["soft"], 0.02)),
         "centre": centre, "edge": edge, "tex_rgb": lk["tex_rgb"],
@@ -232,7 +233,7 @@ def _render(p: dict[str, np.ndarray], size: int) -> np.ndarray:
     W = np.zeros((size, g), dtype=f32)
     W[np.arange(size), lo] = 1 - (pos - lo)
     W[np.arange(size), lo + 1] = pos - lo
-    smooth = np.einsum("jh,bihc->bijc", W, np.einsum("ig,bghc->bihc", W, p["coarse"].astype(f32)))
+    smooth = (W @ p["coarse"].astype(f32).transpose(0, 3, 1, 2) @ W.T).transpose(0, 2, 3, 1)
     img = rgb(p["skin"]) * shade[..., None] + smooth
 
     # lesion in its own rotated, stretched frame with a lobed border
@@ -289,9 +290,9 @@ def _render(p: dict[str, np.ndarray], size: int) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def _write_images(jobs: list[_Job], size: int, seed: int, difficulty: float, layout: str, progress: bool,
-                  batch: int = 64) -> None:
+def _write_images(jobs: list[_Job], size: int, seed: int, difficulty: float, layout: str, progress: bool) -> None:
     tag = LAYOUTS.index(layout)
+    batch = max(1, min(64, 2**20 // (size * size)))     # bounds memory for large images
     for folder in sorted({j.path.parent for j in jobs}):
         folder.mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(jobs), disable=not progress, desc=f"synthetic {layout}", unit="img") as bar:
@@ -307,7 +308,7 @@ def _write_images(jobs: list[_Job], size: int, seed: int, difficulty: float, lay
                 if job.fmt == "JPEG":
                     im.save(job.path, format="JPEG", quality=92)
                 else:
-                    im.save(job.path, format="PNG")
+                    im.save(job.path, format="PNG", compress_level=1)   # noise barely compresses anyway
             bar.update(len(chunk))
 
 
@@ -437,10 +438,10 @@ def _pad_rows(rng: np.random.Generator, n: int) -> list[list[str]]:
             pos += s
         n_patients[status] = len(patients_by_status[status])
     # block-present patients get the low numbers and block-empty ones the high numbers, as in the release
-    lo_span = max(988, 2 * n_patients[0])
+    lo_span = max(988, int(1.2 * n_patients[0]))
     lo_ids = np.sort(rng.choice(np.arange(8, 8 + lo_span), n_patients[0], replace=False))
     hi_start = 8 + lo_span
-    hi_ids = np.sort(rng.choice(np.arange(hi_start, hi_start + max(1167, 2 * n_patients[1])), n_patients[1],
+    hi_ids = np.sort(rng.choice(np.arange(hi_start, hi_start + max(1167, int(1.2 * n_patients[1]))), n_patients[1],
                                 replace=False))
     patient_ids: dict[int, int] = {}
     for status, ids in ((False, lo_ids), (True, hi_ids)):
@@ -452,11 +453,15 @@ def _pad_rows(rng: np.random.Generator, n: int) -> list[list[str]]:
     # lesion ids; ~12% reuse an id of another patient's lesion (the key is patient_id + lesion_id)
     L = len(lesions)
     lesion_id = rng.choice(np.arange(1, max(4820, 3 * L) + 1), L, replace=False).tolist()
+    ids_of: dict[int, set[int]] = {}
+    for i in range(L):
+        ids_of.setdefault(patient_of[i], set()).add(lesion_id[i])
     for i in np.flatnonzero(rng.random(L) < 0.12):
         j = int(rng.integers(L))
-        mine = {lesion_id[k] for k in range(L) if patient_of[k] == patient_of[i]}
-        if patient_of[j] != patient_of[i] and lesion_id[j] not in mine:
+        if patient_of[j] != patient_of[i] and lesion_id[j] not in ids_of[patient_of[i]]:
+            ids_of[patient_of[i]].discard(lesion_id[i])
             lesion_id[i] = lesion_id[j]
+            ids_of[patient_of[i]].add(lesion_id[i])
 
     # patient-level fields, driven by the class of the patient's first lesion
     first_class: dict[int, str] = {}
@@ -486,7 +491,7 @@ def _pad_rows(rng: np.random.Generator, n: int) -> list[list[str]]:
         patient[pid] = info
 
     rows = []
-    max_img = max(1000, n)
+    max_img = 1000      # the release numbers images 1..1000; names stay unique through patient and lesion
     for i, (cls, m) in enumerate(lesions):
         pid = patient_of[i]
         ci = _PAD_CLASSES.index(cls)
@@ -549,8 +554,7 @@ def _pad_from_csv(rng: np.random.Generator, root: Path, src: Path) -> list[_Job]
     df = _read_source(src, ("img_id", "diagnostic"))
     labels = df["diagnostic"].astype(str).tolist()
     _check_values(src, "diagnostic", labels, _PAD_CLASSES)
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, root / "metadata.csv")
+    _copy(src, root / "metadata.csv")
     fitz = df["fitspatrick"].astype(str).tolist() if "fitspatrick" in df else ["nan"] * len(df)
     return _pad_jobs(rng, root, df["img_id"].astype(str).tolist(), labels, fitz)
 
@@ -617,6 +621,13 @@ def _isic_generate(rng: np.random.Generator, root: Path, n: int) -> list[_Job]:
                 for i in group:
                     lesion[i] = "" if no_lesion else lid
                     fields[i] = info
+    if n >= 50:     # readers must meet every kind of gap even in small sets
+        for key in ("age_approx", "sex", "anatom_site_general"):
+            if all(f[key] for f in fields):
+                i = int(rng.integers(n))
+                fields[i] = {**fields[i], key: ""}
+        if all(lesion):
+            lesion[int(rng.integers(n))] = ""
     gt_rows = [[name] + ["1.0" if c == labels[i] else "0.0" for c in ISIC_GT_COLUMNS[1:]]
                for i, name in enumerate(names)]
     meta_rows = [[name, fields[i]["age_approx"], fields[i]["anatom_site_general"], lesion[i], fields[i]["sex"]]
@@ -648,9 +659,8 @@ def _isic_from_csv(rng: np.random.Generator, root: Path, src: Path) -> list[_Job
         raise ValueError(f"synthetic: from_csv {src}: row {int(bad[0])} does not have exactly one positive "
                          f"among {ISIC_CLASSES}")
     labels = [ISIC_CLASSES[k] for k in onehot.argmax(1)]
-    root.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, root / ISIC_GT_FILE)
-    shutil.copyfile(meta_src, root / ISIC_META_FILE)
+    _copy(src, root / ISIC_GT_FILE)
+    _copy(meta_src, root / ISIC_META_FILE)
     return _isic_jobs(root, gt["image"].astype(str).tolist(), labels)
 
 
@@ -736,6 +746,9 @@ def _d7_folders(rng: np.random.Generator, count: int) -> list[tuple[str, str]]:
         if rng.random() < 0.15:     # e.g. folder 'A2l' holding 'Abl196.jpg'
             prefix = f"{name[0]}{_pick(rng, 'abcdefg', (1,) * 7)}l"
         out.append((name, prefix))
+    if count >= 2 and all(f == p for f, p in out):     # keep the quirk visible in small sets
+        name = out[-1][0]
+        out[-1] = (name, f"{name[0]}{'x' if name[1].lower() != 'x' else 'y'}l")
     return out
 
 
@@ -849,6 +862,8 @@ def _d7_generate(rng: np.random.Generator, root: Path, n: int) -> list[_Job]:
 def _d7_from_csv(rng: np.random.Generator, root: Path, src: Path) -> list[_Job]:
     label_cols = tuple(DERM7PT_TASK_COLUMNS[t.name] for t in DERM7PT_TASKS)
     df = _read_source(src, label_cols + ("clinic", "derm"))
+    if df[["clinic", "derm"]].isna().any().any():
+        raise ValueError(f"synthetic: from_csv file {src}: empty 'clinic' or 'derm' path")
     for t in DERM7PT_TASKS:
         col = DERM7PT_TASK_COLUMNS[t.name]
         _check_values(src, col, df[col].astype(str).tolist(), tuple(t.raw_to_code))
@@ -856,10 +871,9 @@ def _d7_from_csv(rng: np.random.Generator, root: Path, src: Path) -> list[_Job]:
     for f in index_files:
         if not f.is_file():
             raise ValueError(f"synthetic: from_csv {src}: the split file {f} must sit beside it")
-    (root / "meta").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, root / "meta" / "meta.csv")
+    _copy(src, root / "meta" / "meta.csv")
     for f in index_files:
-        shutil.copyfile(f, root / "meta" / f.name)
+        _copy(f, root / "meta" / f.name)
     return _d7_jobs(root, df)
 
 
@@ -877,6 +891,14 @@ def _read_source(src: Path, required: tuple[str, ...]) -> pd.DataFrame:
     if missing:
         raise ValueError(f"synthetic: from_csv file {src} lacks the column(s) {missing}")
     return df
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Byte copy (keeps CRLF and every quirk); a no-op when images are added beside the source file itself."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.exists() and dst.samefile(src):
+        return
+    shutil.copyfile(src, dst)
 
 
 def _check_values(src: Path, column: str, values: list[str], allowed: tuple[str, ...]) -> None:

@@ -34,7 +34,15 @@ class Backbone(nn.Module):
         use_pretrained, extra = _resolve_pretrained(pretrained)
         kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
         self.name = name
-        self.model = timm.create_model(name, pretrained=use_pretrained, num_classes=0, **extra, **kwargs)
+        try:
+            self.model = timm.create_model(name, pretrained=use_pretrained, num_classes=0, **extra, **kwargs)
+        except (OSError, RuntimeError, ValueError) as e:
+            if not use_pretrained:
+                raise
+            # Hub downloads fail offline; a mismatched local file fails on load: say which, and the way out.
+            raise ConfigError(f"backbone {name!r}: pretrained weights could not be loaded ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:300]}). Offline? Pass a local file with "
+                              "backbone.pretrained=/path/to/weights.pth, or backbone.pretrained=false") from None
         if hasattr(self.model, "conv_head") and type(self.model).__name__ == "MobileNetV3":
             # The pooled feature is the GAP of forward_features (576 for MobileNetV3-Small), not the
             # 1024-d conv head output (METHODS §2.1); drop the unused head so DDP sees no idle params.

@@ -1,0 +1,3 @@
+from skinlesion.report import main
+
+raise SystemExit(main())

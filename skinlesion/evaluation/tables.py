@@ -1,0 +1,395 @@
+"""Thesis-style tables from aggregated results, rendered to Markdown, CSV, LaTeX and HTML.
+
+Values are stored as fractions and printed in % with one decimal, like the thesis. When a thesis
+value exists for a cell (CSV data in ``evaluation/thesis/``) the cell also shows it and the
+difference ``Δ = ours − thesis`` in percentage points. derm7pt tables are built from the canonical
+task state (``skinlesion.data.tasks``) and only reordered for display.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import io
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from skinlesion.data.tasks import DERM7PT_AUC_CATEGORIES, DERM7PT_MELANOMA_CATEGORIES, DERM7PT_TASKS
+
+from . import thesis_data as T
+from .aggregate import order_backbones, order_methods
+
+# thesis tables holding backbone × method BAC cells, and the matching Wilcoxon table
+BACKBONE_TABLES = {("pad_ufes", "bac", "val"): ["table4_1", "table4_7"],
+                   ("derm7pt", "bac", "test"): ["table4_2", "table4_8"],
+                   ("isic2019", "bac", "val"): ["table4_3", "table4_9"]}
+WILCOXON_TABLES = {("pad_ufes", "bac", "val"): "table4_4", ("derm7pt", "bac", "test"): "table4_5",
+                   ("isic2019", "bac", "val"): "table4_6"}
+TASK_MEAN_TABLES = ["table6_3", "table6_4", "table6_5", "table6_6", "table6_7", "table6_8"]
+TASK_BEST_TABLES = ["table5_3", "table6_9"]
+
+CANONICAL_TASKS = [t.name for t in DERM7PT_TASKS]
+TASK_LAYOUTS = {
+    "canonical": CANONICAL_TASKS,
+    "t5_3": ["PN", "BWV", "VS", "PIG", "STR", "DaG", "RS", "DIAG"],
+    "t6_3": ["BWV", "DaG", "PIG", "PN", "RS", "STR", "VS", "DIAG"],
+    "t6_1": ["DIAG", "BWV", "STR", "PIG", "RS", "DaG", "PN", "VS"],
+}
+METRIC_ABBR = {"auc": "AUC", "precision": "PRE", "sensitivity": "SEN", "specificity": "SPE"}
+SPLIT_NAME = {"val": "validation", "test": "test"}
+DATASET_NAME = {"pad_ufes": "PAD-UFES-20", "isic2019": "ISIC-2019", "derm7pt": "derm7pt (SPC)"}
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------ formatting
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
+
+
+def fmt_stat(mean: float | None, std: float | None = None, n: int | None = None, n_expected: int | None = None) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    s = _pct(mean)
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        s += f" ± {_pct(std)}"
+    if n is not None and (n == 1 or (n_expected is not None and n != n_expected)):
+        s += f" (n={n})"
+    return s
+
+
+def fmt_thesis(ours: float | None, ref: Mapping | None) -> str:
+    if not ref:
+        return ""
+    s = f"{ref['value']:.1f}" + (f" ± {ref['std']:.1f}" if ref.get("std") is not None else "")
+    if ours is None or (isinstance(ours, float) and math.isnan(ours)):
+        return f" [{ref['table']}: {s}]"
+    return f" [{ref['table']}: {s}; Δ {100 * ours - ref['value']:+.1f}]"
+
+
+def _mode(values: Sequence[int]) -> int | None:
+    vals = [v for v in values if v]
+    return max(set(vals), key=vals.count) if vals else None
+
+
+# ------------------------------------------------------------------------------- Chapter-4 tables
+
+def backbone_table(summary: pd.DataFrame, dataset: str, main_metric: str, split: str, compare: bool = True,
+                   kind: str = "mean") -> Table:
+    """Backbones as rows (+ Average), methods as columns (T4.1–T4.3 / T4.7–T4.9 layout)."""
+    s = summary[(summary.dataset == dataset) & (summary.main_metric == main_metric) & (summary.split == split)]
+    methods = order_methods(s["method"])
+    backbones = order_backbones([b for b in s["backbone"] if b != "Average"]) + ["Average"]
+    thesis_tables = BACKBONE_TABLES.get((dataset, main_metric, split), []) if compare else []
+    n_exp = _mode(list(s[s.backbone != "Average"]["n"]))
+    rows = []
+    for bb in backbones:
+        label = "Average" if bb == "Average" else T.backbone_label(bb)
+        row = [label]
+        for m in methods:
+            hit = s[(s.backbone == bb) & (s.method == m)]
+            if hit.empty:
+                row.append("")
+                continue
+            r = hit.iloc[0]
+            if kind == "mean":
+                n_e = n_exp if bb != "Average" else None
+                cell = fmt_stat(r["mean"], r["std"], int(r["n"]), n_e)
+                ours = r["mean"]
+            else:
+                cell = f"{_pct(r['best'])} ({r['best_run'].split(' ', 1)[-1] if bb != 'Average' else r['best_run']})"
+                ours = r["best"]
+            if kind == "mean" and thesis_tables:
+                cell += fmt_thesis(ours, T.lookup(thesis_tables, label, m, main_metric))
+            row.append(cell)
+        rows.append(row)
+    metric_name = {"bac": "BAC", "avg_acc": "AVG ACC", "avg_auc": "AVG AUC"}.get(main_metric, main_metric)
+    what = "mean ± sample std (ddof=1) over runs" if kind == "mean" else "best single run (selected on this split; optimistic)"
+    title = f"{DATASET_NAME.get(dataset, dataset)} {SPLIT_NAME.get(split, split)} {metric_name} (%): {what}"
+    notes = []
+    if thesis_tables:
+        notes.append("[Tx.y: thesis value; Δ = ours − thesis in points] from "
+                     + ", ".join(T.table_id(t) for t in thesis_tables))
+    if kind == "mean":
+        notes.append("Average row pools all runs of a method over backbones (METHODS §6.3).")
+    if n_exp:
+        notes.append(f"(n=k) marks cells with fewer/more than the usual {n_exp} runs.")
+    return Table(f"{dataset}_{split}_{main_metric}_backbones" + ("" if kind == "mean" else "_best"), title,
+                 ["Backbone"] + methods, rows, notes)
+
+
+# ------------------------------------------------------------------------------- derm7pt tables
+
+def _row_groups(records: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
+    """(row label, method, run paths) per method (per method and backbone when a method has several)."""
+    out = []
+    for m in order_methods(records["method"]):
+        g = records[records.method == m]
+        bbs = order_backbones(g["backbone"])
+        for bb in bbs:
+            label = m if len(bbs) == 1 else f"{m} [{T.backbone_label(bb)}]"
+            out.append((label, m, list(g[g.backbone == bb]["run"])))
+    return out
+
+
+def _best_run(records: pd.DataFrame, runs: Sequence[str], method: str) -> str:
+    g = records[records.run.isin(runs) & (records.method == method)]
+    vals = g["score"].to_numpy(dtype=float)
+    return str(g.iloc[int(np.nanargmax(vals))]["run"]) if len(g) and not np.all(np.isnan(vals)) else str(g.iloc[0]["run"])
+
+
+def _value_cell(records, details, label, runs, method, split, getter: Callable[[dict], float | None], kind: str,
+                thesis: tuple[list[str], str, str] | None) -> str:
+    if kind == "mean":
+        vals = np.array([np.nan if (v := getter(details[(r, method, split)])) is None else v for r in runs], dtype=float)
+        vals = vals[~np.isnan(vals)]
+        if not len(vals):
+            return "–"
+        mean, std = float(vals.mean()), (float(vals.std(ddof=1)) if len(vals) > 1 else None)
+        cell, ours = fmt_stat(mean, std), mean
+    else:
+        ours = getter(details[(_best_run(records, runs, method), method, split)])
+        cell = _pct(ours)
+    if thesis:
+        tables, column, metric = thesis
+        cell += fmt_thesis(ours, T.lookup(tables, label.split(" [")[0], column, metric))
+    return cell
+
+
+def _derm7pt_records(records: pd.DataFrame, dataset: str, split: str, main_metric: str | None) -> pd.DataFrame:
+    r = records[(records.dataset == dataset) & (records.split == split)]
+    return r if main_metric is None else r[r.main_metric == main_metric]
+
+
+def task_accuracy_table(records, details, split="test", main_metric=None, layout="canonical", kind="mean",
+                        compare=True) -> Table:
+    """Per-task ACC + AVG (T5.3 / T6.3–T6.9 layout)."""
+    rec = _derm7pt_records(records, "derm7pt", split, main_metric)
+    present = {t for k, m in details.items() if k[2] == split for t in m["tasks"]}
+    tasks = [t for t in TASK_LAYOUTS[layout] if t in present]
+    tables = (TASK_MEAN_TABLES if kind == "mean" else TASK_BEST_TABLES) if compare else []
+    rows = []
+    for label, method, runs in _row_groups(rec):
+        row = [label]
+        for t in tasks:
+            row.append(_value_cell(rec, details, label, runs, method, split,
+                                   lambda m, t=t: m["tasks"].get(t, {}).get("acc"), kind, (tables, t, "acc") if tables else None))
+        row.append(_value_cell(rec, details, label, runs, method, split, lambda m: m.get("avg_acc"), kind,
+                               (tables, "AVG", "acc") if tables else None))
+        row.append(str(len(runs)))
+        rows.append(row)
+    return Table(f"derm7pt_{split}_{main_metric or 'all'}_task_acc" + ("" if kind == "mean" else "_best"),
+                 f"derm7pt {SPLIT_NAME[split]} per-task ACC (%): "
+                 + ("mean ± sample std over runs" if kind == "mean" else "best run by the main metric"),
+                 ["Method"] + tasks + ["AVG", "runs"], rows,
+                 [f"task order: {layout}"] + (["thesis: " + ", ".join(map(T.table_id, tables))] if tables else []))
+
+
+def _cat(t: str, c: str) -> str:
+    return f"{t}-{c}"
+
+
+def category_auc_table(records, details, split="test", main_metric=None, kind="mean", compare=True) -> Table:
+    """AUC of the 17 non-absent categories + AVG AUC (T5.2 layout)."""
+    rec = _derm7pt_records(records, "derm7pt", split, main_metric)
+    present = {c for k, m in details.items() if k[2] == split for c in m.get("category_auc", {})}
+    cats = [_cat(t, c) for t, c in DERM7PT_AUC_CATEGORIES if _cat(t, c) in present]
+    tables = ["table5_2"] if compare and kind == "best" else []
+    rows = []
+    for label, method, runs in _row_groups(rec):
+        row = [label] + [_value_cell(rec, details, label, runs, method, split,
+                                     lambda m, c=c: m.get("category_auc", {}).get(c), kind,
+                                     (tables, c, "auc") if tables else None) for c in cats]
+        row.append(_value_cell(rec, details, label, runs, method, split, lambda m: m.get("avg_auc"), kind,
+                               (tables, "AVG", "auc") if tables else None))
+        rows.append(row)
+    return Table(f"derm7pt_{split}_{main_metric or 'all'}_category_auc" + ("" if kind == "mean" else "_best"),
+                 f"derm7pt {SPLIT_NAME[split]} one-vs-rest AUC per category (%): "
+                 + ("mean ± sample std over runs" if kind == "mean" else "best run by the main metric"),
+                 ["Method"] + cats + ["AVG"], rows, ["AVG = mean of the defined category AUCs (17 when all present)"]
+                 + (["thesis: T5.2"] if tables else []))
+
+
+def melanoma_table(records, details, split="test", main_metric=None, kind="mean", compare=True) -> Table:
+    """AUC/PRE/SEN/SPE of the 8 melanoma-related categories + their mean (T5.4 layout)."""
+    rec = _derm7pt_records(records, "derm7pt", split, main_metric)
+    present = {c for k, m in details.items() if k[2] == split for c in m.get("melanoma", {}).get("categories", {})}
+    cats = [_cat(t, c) for t, c in DERM7PT_MELANOMA_CATEGORIES if _cat(t, c) in present]
+    tables = ["table5_4"] if compare and kind == "best" else []
+    rows = []
+    for metric in ("auc", "precision", "sensitivity", "specificity"):
+        for label, method, runs in _row_groups(rec):
+            row = [METRIC_ABBR[metric], label]
+            for c in cats:
+                row.append(_value_cell(rec, details, label, runs, method, split,
+                                       lambda m, c=c, metric=metric: m["melanoma"]["categories"].get(c, {}).get(metric),
+                                       kind, (tables, c, metric) if tables else None))
+            row.append(_value_cell(rec, details, label, runs, method, split,
+                                   lambda m, metric=metric: m["melanoma"]["mean"].get(metric), kind,
+                                   (tables, "AVG", metric) if tables else None))
+            rows.append(row)
+    return Table(f"derm7pt_{split}_{main_metric or 'all'}_melanoma" + ("" if kind == "mean" else "_best"),
+                 f"derm7pt {SPLIT_NAME[split]} melanoma-related categories (%): "
+                 + ("mean ± sample std over runs" if kind == "mean" else "best run by the main metric"),
+                 ["Metric", "Method"] + cats + ["AVG"], rows,
+                 ["one-vs-rest from each task's argmax confusion matrix; AUC from the category probability"]
+                 + (["thesis: T5.4"] if tables else []))
+
+
+def all_categories_table(records, details, split="test", main_metric=None, kind="best", compare=True) -> Table:
+    """SEN/SPE/PRE/AUC of all 24 categories (T6.10), canonical order."""
+    rec = _derm7pt_records(records, "derm7pt", split, main_metric)
+    present = {}
+    for k, m in details.items():
+        if k[2] == split:
+            for t, tm in m["tasks"].items():
+                present.setdefault(t, list(tm["per_class"]))
+    cats = [(t, c) for t in CANONICAL_TASKS if t in present for c in present[t]]
+    tables = ["table6_10"] if compare and kind == "best" else []
+    rows = []
+    for label, method, runs in _row_groups(rec):
+        for metric in ("sensitivity", "specificity", "precision", "auc"):
+            row = [label, METRIC_ABBR[metric]]
+            for t, c in cats:
+                row.append(_value_cell(rec, details, label, runs, method, split,
+                                       lambda m, t=t, c=c, metric=metric: m["tasks"][t]["per_class"][c][metric],
+                                       kind, (tables, _cat(t, c), metric) if tables else None))
+            rows.append(row)
+    return Table(f"derm7pt_{split}_{main_metric or 'all'}_all_categories" + ("" if kind == "mean" else "_best"),
+                 f"derm7pt {SPLIT_NAME[split]} SEN/SPE/PRE/AUC of every category (%): "
+                 + ("mean ± sample std over runs" if kind == "mean" else "best run by the main metric"),
+                 ["Method", "Metric"] + [_cat(t, c) for t, c in cats], rows,
+                 ["– = undefined on this split (no positives / never predicted)"] + (["thesis: T6.10"] if tables else []))
+
+
+# ------------------------------------------------------------------------------- params and stats
+
+def params_table(jobs) -> Table:
+    seen = {}
+    for j in jobs:
+        if not j.ok:
+            continue
+        i = j.info
+        key = (i.get("dataset"), i.get("method") or i.get("model"), i.get("backbone"))
+        if key not in seen and i.get("params"):
+            seen[key] = i["params"]
+    rows = []
+    for (ds, method, bb), p in sorted(seen.items(), key=lambda kv: (str(kv[0][0]), order_methods([kv[0][1]])[0],
+                                                                     T.backbone_order(kv[0][2]))):
+        ref = T.lookup(["params"], method, T.backbone_key(bb), "params_M") or T.lookup(["params"], method, "*", "params_M")
+
+        def m(v):
+            return "–" if v is None else f"{v / 1e6:.2f}"
+        rows.append([str(ds), str(method), str(bb), m(p.get("total")), m(p.get("thesis_count")), m(p.get("trainable")),
+                     f"{ref['value']:.2f}" if ref else ""])
+    return Table("params", "Parameter counts (millions)",
+                 ["Dataset", "Method", "Backbone", "Total", "Thesis count", "Trainable", "Thesis (M)"], rows,
+                 ["Thesis count includes each backbone's unused ImageNet classifier (METHODS §7)."])
+
+
+def stats_table(result: Mapping, name: str, title: str, thesis_table: str | None = None) -> Table:
+    fr = result["friedman"]
+    rows = []
+    for r in result["pairs"]:
+        thesis_p = T.wilcoxon_p(thesis_table, r["a"], r["b"]) if thesis_table else None
+        rows.append([f"{r['a']} - {r['b']}", str(r["n"]), _g(r["statistic"]), _p(r["p"]),
+                     "yes" if r["exact"] else "no", _p(r.get("p_holm")), _p(thesis_p) if thesis_table else "",
+                     r["note"] or ""])
+    friedman = (f"Friedman over {fr['n_methods']} methods × {fr['n_blocks']} blocks: "
+                + (f"χ² = {fr['statistic']:.3f}, p = {fr['p']:.3g}" if fr["p"] is not None else fr["note"]))
+    return Table(name, title, ["Pair", "n", "W", "p (two-sided)", "exact", "p (Holm)",
+                               f"thesis p ({T.table_id(thesis_table)})" if thesis_table else "thesis p", "note"],
+                 rows, [friedman] + list(result["notes"]))
+
+
+def _g(x):
+    return "–" if x is None else f"{x:g}"
+
+
+def _p(x):
+    return "–" if x is None else f"{x:.3g}"
+
+
+def problems_table(problems: pd.DataFrame) -> Table:
+    rows = [[r.status, r.job, r.reason, r.path] for r in problems.itertuples()]
+    return Table("missing_or_failed", "Missing, failed or incomplete runs", ["Status", "Job", "Reason", "Path"], rows)
+
+
+# ------------------------------------------------------------------------------------- renderers
+
+def to_markdown(t: Table) -> str:
+    def esc(s):
+        return str(s).replace("|", "\\|").replace("\n", " ")
+    lines = [f"**{esc(t.title)}**", "", "| " + " | ".join(map(esc, t.columns)) + " |",
+             "|" + "|".join("---" for _ in t.columns) + "|"]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in t.rows]
+    if not t.rows:
+        lines.append("| " + " | ".join(["(none)"] + [""] * (len(t.columns) - 1)) + " |")
+    lines += [""] + [f"- {esc(n)}" for n in t.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def to_csv(t: Table) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(t.columns)
+    w.writerows(t.rows)
+    return buf.getvalue()
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$",
+        "–": "--", "χ": r"$\chi$", "²": r"$^2$", "×": r"$\times$", "−": "-"}
+
+
+def _tex(s) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(s))
+
+
+def to_latex(t: Table) -> str:
+    lines = [r"\begin{table}[ht]", r"\centering", r"\small", f"\\caption{{{_tex(t.title)}}}",
+             f"\\label{{tab:{t.name}}}", r"\begin{tabular}{l" + "c" * (len(t.columns) - 1) + "}", r"\toprule",
+             " & ".join(_tex(c) for c in t.columns) + r" \\", r"\midrule"]
+    for row in t.rows:
+        if row and row[0] == "Average":
+            lines.append(r"\midrule")
+        lines.append(" & ".join(_tex(c) for c in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if t.notes:
+        lines.append(r"\par\footnotesize " + r" \\ ".join(_tex(n) for n in t.notes))
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def to_html(t: Table) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in t.columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in t.rows)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in t.notes)
+    return (f'<h3 id="{html.escape(t.name)}">{html.escape(t.title)}</h3>'
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            + (f"<ul class='notes'>{notes}</ul>" if notes else ""))
+
+
+RENDERERS = {"md": to_markdown, "csv": to_csv, "tex": to_latex}
+
+
+def write_table(t: Table, out_dir: Path, formats: Sequence[str]) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for f in formats:
+        p = out_dir / f"{t.name}.{f}"
+        p.write_text(RENDERERS[f](t))
+        paths.append(p)
+    return paths

@@ -1,0 +1,216 @@
+"""``python report.py SWEEP_DIR [SWEEP_DIR...] [--format md,csv,tex] [--out DIR]``
+
+Collects every run under the sweep directories, evaluates the saved predictions offline, and writes
+thesis-style tables (all requested formats), statistics, figures, machine-readable summaries and a
+self-contained ``report.html``. Missing, failed and incomplete jobs are listed, never dropped.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from skinlesion.evaluation import figures as F
+from skinlesion.evaluation import tables as TB
+from skinlesion.evaluation.aggregate import (PRIMARY_SPLIT, REPORTED_SPLITS, collect_jobs, evaluate_jobs,
+                                             order_methods, problems_frame, summarise)
+from skinlesion.evaluation.stats import compare_methods
+
+METRIC_LABEL = {"bac": "BAC", "avg_acc": "AVG ACC", "avg_auc": "AVG AUC"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[1])
+    ap.add_argument("sweep_dirs", nargs="+", metavar="SWEEP_DIR")
+    ap.add_argument("--format", default="md,csv,tex", help="comma-separated table formats: md, csv, tex")
+    ap.add_argument("--out", default=None, help="output directory (default: <first sweep dir>/report)")
+    ap.add_argument("--no-thesis", action="store_true", help="do not show thesis values and differences")
+    ap.add_argument("--no-figures", action="store_true")
+    ap.add_argument("--no-tsne", action="store_true", help="skip t-SNE (the slowest figure)")
+    ap.add_argument("--no-holm", action="store_true", help="omit the Holm-adjusted p column")
+    ap.add_argument("--layout", choices=sorted(TB.TASK_LAYOUTS), default="canonical",
+                    help="derm7pt task column order (canonical, or a thesis table's)")
+    return ap
+
+
+def _groups(records: pd.DataFrame):
+    """(dataset, main_metric) pairs in a stable order."""
+    return list(dict.fromkeys(zip(records["dataset"], records["main_metric"])))
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}"><figcaption>{html.escape(path.name)}</figcaption></figure>'
+
+
+def _html(sections: list[tuple[str, list]], problems: TB.Table, meta: dict) -> str:
+    css = ("body{font-family:sans-serif;margin:2em;max-width:1600px} table{border-collapse:collapse;margin:.5em 0;font-size:12px}"
+           "td,th{border:1px solid #bbb;padding:3px 6px;text-align:center} th{background:#eee}"
+           "td:first-child{text-align:left} .notes{font-size:11px;color:#555} img{max-width:100%}"
+           ".warn{background:#fff3cd;padding:.5em 1em;border:1px solid #e0c36b}")
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>skinlesion report</title><style>{css}</style></head><body>",
+             "<h1>skinlesion report</h1>",
+             f"<p>Generated {html.escape(meta['generated'])} from: {html.escape(', '.join(meta['sweeps']))}<br>"
+             f"{meta['n_ok']} completed runs evaluated; {meta['n_problems']} missing/failed/incomplete.</p>"]
+    parts.append("<div class='warn'>" + TB.to_html(problems) + "</div>" if problems.rows
+                 else "<p>No missing or failed runs.</p>")
+    for title, items in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        for it in items:
+            parts.append(TB.to_html(it) if isinstance(it, TB.Table) else _img(it))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[str], compare: bool = True,
+                figures: bool = True, tsne: bool = True, with_holm: bool = True, layout: str = "canonical") -> dict:
+    jobs, notes = collect_jobs(sweep_dirs)
+    records, details = evaluate_jobs(jobs)
+    problems = problems_frame(jobs)
+    if records.empty:
+        raise LookupError(_no_runs_message(sweep_dirs, problems))
+    out.mkdir(parents=True, exist_ok=True)
+    tdir, fdir, sdir = out / "tables", out / "figures", out / "stats"
+    summary = summarise(records)
+    written: list[Path] = []
+    sections: list[tuple[str, list]] = []
+    main_tables: list[TB.Table] = []
+    stats_out = {}
+
+    for ds, mm in _groups(records):
+        items: list = []
+        rec = records[(records.dataset == ds) & (records.main_metric == mm)]
+        splits = [s for s in REPORTED_SPLITS.get(ds, sorted(rec["split"].unique())) if s in set(rec["split"])]
+        primary = PRIMARY_SPLIT.get(ds, splits[0])
+        for split in splits:
+            for kind in ("mean", "best"):
+                t = TB.backbone_table(summary, ds, mm, split, compare, kind)
+                items.append(t)
+                if kind == "mean" and split == primary:
+                    main_tables.append(t)
+        # paired statistics on the primary split, blocks = backbone × fold (or seed)
+        prec = rec[rec.split == primary]
+        if prec["method"].nunique() >= 2:
+            res = compare_methods(prec, ["backbone", "block"], order_methods(prec["method"]), with_holm=with_holm)
+            wt = TB.WILCOXON_TABLES.get((ds, mm, primary)) if compare else None
+            st = TB.stats_table(res, f"{ds}_{primary}_{mm}_stats",
+                                f"{TB.DATASET_NAME.get(ds, ds)} {primary} {METRIC_LABEL.get(mm, mm)}: Friedman and "
+                                "pairwise two-sided Wilcoxon signed-rank tests", wt)
+            if not with_holm:
+                st.columns.pop(5)
+                for r in st.rows:
+                    r.pop(5)
+            items.append(st)
+            stats_out[f"{ds}_{primary}_{mm}"] = res
+        if ds == "derm7pt":
+            for split in [s for s in splits if s == "test"] or splits:
+                for kind in ("mean", "best"):
+                    items.append(TB.task_accuracy_table(records, details, split, mm, layout, kind, compare))
+                    items.append(TB.category_auc_table(records, details, split, mm, kind, compare))
+                    items.append(TB.melanoma_table(records, details, split, mm, kind, compare))
+                items.append(TB.all_categories_table(records, details, split, mm, "best", compare))
+        if figures:
+            fdir.mkdir(parents=True, exist_ok=True)
+            for split in splits:
+                s = summary[(summary.dataset == ds) & (summary.main_metric == mm) & (summary.split == split)]
+                items.append(F.bar_figure(s, f"{TB.DATASET_NAME.get(ds, ds)} {split}: {METRIC_LABEL.get(mm, mm)} per method",
+                                          f"{METRIC_LABEL.get(mm, mm)} (%)", fdir / f"bar_{ds}_{mm}_{split}.png"))
+            items += _confusion_and_tsne(jobs, prec, details, ds, mm, primary, fdir, tsne)
+        sections.append((f"{TB.DATASET_NAME.get(ds, ds)} — main metric {METRIC_LABEL.get(mm, mm)}", items))
+
+    params = TB.params_table(jobs)
+    sections.append(("Parameters", [params]))
+    ptable = TB.problems_table(problems)
+    all_tables = [it for _, items in sections for it in items if isinstance(it, TB.Table)] + [ptable]
+    for t in all_tables:
+        written += TB.write_table(t, tdir, formats)
+
+    sdir.mkdir(parents=True, exist_ok=True)
+    for name, res in stats_out.items():
+        (sdir / f"{name}.json").write_text(json.dumps(res, indent=2))
+    summary.to_csv(out / "summary.csv", index=False)
+    records.to_csv(out / "runs.csv", index=False)
+    problems.to_csv(out / "missing.csv", index=False)
+    meta = {"generated": datetime.now().isoformat(timespec="seconds"), "sweeps": [str(d) for d in sweep_dirs],
+            "n_ok": int(sum(j.ok for j in jobs)), "n_problems": int(len(problems)), "notes": notes}
+    (out / "report.json").write_text(json.dumps({**meta, "problems": problems.to_dict("records"),
+                                                 "summary": json.loads(summary.to_json(orient="records")),
+                                                 "stats": stats_out}, indent=2))
+    (out / "report.html").write_text(_html(sections, ptable, meta))
+    return {"out": out, "main_tables": main_tables, "problems": ptable, "notes": notes, "files": written}
+
+
+def _no_runs_message(dirs, problems: pd.DataFrame) -> str:
+    msg = f"no completed runs with predictions found under {', '.join(map(str, dirs))} (looked for run.json recursively)"
+    if len(problems):
+        msg += f"; {len(problems)} job(s) missing/failed:\n" + "\n".join(
+            f"  [{r.status}] {r.job}: {r.reason}" for r in problems.itertuples())
+    return msg
+
+
+def _confusion_and_tsne(jobs, prec: pd.DataFrame, details: dict, ds: str, mm: str, split: str, fdir: Path,
+                        tsne: bool) -> list[Path]:
+    out: list[Path] = []
+    if prec.empty:
+        return out
+    bb = F.backbone_for_figures(list(prec["backbone"].dropna().unique()) or [""])
+    rec = prec[prec.backbone == bb]
+    mats, classes = {}, None
+    for m in order_methods(rec["method"]):
+        runs = rec[rec.method == m]["run"]
+        cms = [details[(r, m, split)] for r in runs]
+        task = next(iter(cms[0]["tasks"]))
+        classes = list(cms[0]["tasks"][task]["per_class"])
+        mats[m] = sum(pd.DataFrame(c["tasks"][task]["confusion_matrix"]).to_numpy() for c in cms)
+    if mats:
+        out.append(F.confusion_figure(mats, classes, f"{TB.DATASET_NAME.get(ds, ds)} {split}, {F.T.backbone_label(bb)}: "
+                                      f"confusion matrices ({task}, row-normalised, summed over runs)",
+                                      fdir / f"confusion_{ds}_{mm}_{split}.png"))
+    if tsne:
+        feats = {}
+        by_path = {str(j.path): j for j in jobs if j.ok}
+        for base in dict.fromkeys(rec["base_method"]):
+            for r in sorted(set(rec[rec.base_method == base]["run"]), key=lambda p: by_path[p].block):
+                f = F.load_features(Path(r))
+                if f is not None:
+                    feats[f"{base} ({by_path[r].block})"] = f
+                    break
+        if feats:
+            out.append(F.tsne_figure(feats, classes or [], f"{TB.DATASET_NAME.get(ds, ds)} test features, "
+                                     f"{F.T.backbone_label(bb)}: t-SNE", fdir / f"tsne_{ds}_{mm}.png"))
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in TB.RENDERERS]
+    if bad or not formats:
+        print(f"error: unknown table format(s) {bad}; choose from md, csv, tex", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.sweep_dirs[0]) / "report"
+    try:
+        res = make_report(args.sweep_dirs, out, formats, compare=not args.no_thesis, figures=not args.no_figures,
+                          tsne=not args.no_tsne, with_holm=not args.no_holm, layout=args.layout)
+    except (FileNotFoundError, LookupError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    for t in res["main_tables"]:
+        print(TB.to_markdown(t))
+    if res["problems"].rows:
+        print(TB.to_markdown(res["problems"]))
+    for n in res["notes"]:
+        print(f"note: {n}")
+    print(f"report written to {res['out']} (report.html, tables/, figures/, stats/, summary.csv)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from skinlesion.evaluation.stats import compare_methods, friedman, holm, wide_scores, wilcoxon_pair
+
+
+def _records(rng, methods=("A", "B", "C"), backbones=("r", "d"), folds=5, shift=(0.0, 0.02, 0.05)):
+    rows = []
+    for bb in backbones:
+        for f in range(folds):
+            base = rng.normal(0.7, 0.02)
+            for m, s in zip(methods, shift):
+                rows.append({"backbone": bb, "fold": f, "method": m, "score": base + s + rng.normal(0, 0.01)})
+    return pd.DataFrame(rows)
+
+
+def test_friedman_matches_scipy():
+    rng = np.random.default_rng(0)
+    rec = _records(rng)
+    res = compare_methods(rec, ["backbone", "fold"], methods=["A", "B", "C"])
+    wide = rec.pivot_table(index=["backbone", "fold"], columns="method", values="score")
+    ref = stats.friedmanchisquare(wide["A"], wide["B"], wide["C"])
+    assert res["friedman"]["p"] == pytest.approx(ref.pvalue)
+    assert res["friedman"]["statistic"] == pytest.approx(ref.statistic)
+    assert res["friedman"]["n_blocks"] == 10 and res["methods"] == ["A", "B", "C"]
+
+
+def test_wilcoxon_exact_matches_scipy_and_thesis_floor():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=25)
+    y = x + 1 + rng.normal(scale=0.01, size=25)  # every difference has the same sign
+    r = wilcoxon_pair(x, y)
+    ref = stats.wilcoxon(x, y, alternative="two-sided", method="exact")
+    assert r["exact"] and r["method"] == "exact"
+    assert r["p"] == pytest.approx(ref.pvalue) == pytest.approx(2 / 2 ** 25)  # 5.96e-8, the thesis minimum
+    x2, y2 = rng.normal(size=12), rng.normal(size=12)
+    r2 = wilcoxon_pair(x2, y2)
+    assert r2["p"] == pytest.approx(stats.wilcoxon(x2, y2, method="exact").pvalue)
+    assert r2["statistic"] == pytest.approx(stats.wilcoxon(x2, y2, method="exact").statistic)
+
+
+def test_wilcoxon_reports_lost_exactness():
+    x = np.array([0.70, 0.72, 0.71, 0.69, 0.75, 0.74, 0.73, 0.70])
+    y = x - np.array([0.0, 0.01, 0.02, 0.01, 0.03, 0.04, 0.05, 0.06])  # one zero, tied |d| = 0.01
+    r = wilcoxon_pair(x, y)
+    assert not r["exact"] and r["method"] == "asymptotic"
+    assert r["n_zero"] == 1 and r["ties"]
+    assert "exactness lost" in r["note"]
+    ref = stats.wilcoxon(np.round(x - y, 12), method="asymptotic")
+    assert r["p"] == pytest.approx(ref.pvalue)
+    same = wilcoxon_pair(x, x)
+    assert same["p"] == 1.0 and "zero" in same["note"]
+    big = wilcoxon_pair(np.arange(60.0), np.arange(60.0) + np.linspace(0.1, 1, 60))
+    assert big["method"] == "asymptotic" and "n = 60" in big["note"]
+
+
+def test_incomplete_blocks_dropped_with_note():
+    rng = np.random.default_rng(2)
+    rec = _records(rng)
+    rec = rec[~((rec.backbone == "d") & (rec.fold == 3) & (rec.method == "B"))]
+    res = compare_methods(rec, ["backbone", "fold"])
+    assert res["friedman"]["n_blocks"] == 9
+    assert any("d / 3 dropped" in n and "B" in n for n in res["notes"])
+    wide, _ = wide_scores(rec, ["backbone", "fold"])
+    for p in res["pairs"]:
+        ref = stats.wilcoxon(wide[p["a"]], wide[p["b"]], method="exact")
+        assert p["p"] == pytest.approx(ref.pvalue) and p["n"] == 9
+
+
+def test_holm():
+    p = [0.01, 0.04, 0.03, None, 0.5]
+    adj = holm(p)
+    # sorted: 0.01*4=0.04, 0.03*3=0.09, 0.04*2=0.08 -> monotone 0.09, 0.5*1=0.5
+    assert adj[0] == pytest.approx(0.04) and adj[2] == pytest.approx(0.09) and adj[1] == pytest.approx(0.09)
+    assert adj[3] is None and adj[4] == pytest.approx(0.5)
+    res = compare_methods(_records(np.random.default_rng(3)), ["backbone", "fold"])
+    assert all(r["p_holm"] >= r["p"] for r in res["pairs"])
+
+
+def test_friedman_needs_three_methods():
+    rec = _records(np.random.default_rng(4), methods=("A", "B"), shift=(0, 0.01))
+    res = compare_methods(rec, ["backbone", "fold"])
+    assert res["friedman"]["p"] is None and "3 methods" in res["friedman"]["note"]
+    assert len(res["pairs"]) == 1
+    assert friedman(pd.DataFrame({"a": [1.0], "b": [2.0], "c": [3.0]}))["p"] is None
