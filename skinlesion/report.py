@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-holm", action="store_true", help="omit the Holm-adjusted p column")
     ap.add_argument("--layout", choices=sorted(TB.TASK_LAYOUTS), default="canonical",
                     help="derm7pt task column order (canonical, or a thesis table's)")
+    ap.add_argument("--best-by", choices=["main", "avg_auc", "avg_acc"], default="main",
+                    help="derm7pt best-run selection: the run's main metric, AVG AUC (Ch. 5) or AVG ACC (Ch. 6)")
     return ap
 
 
@@ -70,7 +72,8 @@ def _html(sections: list[tuple[str, list]], problems: TB.Table, meta: dict) -> s
 
 
 def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[str], compare: bool = True,
-                figures: bool = True, tsne: bool = True, with_holm: bool = True, layout: str = "canonical") -> dict:
+                figures: bool = True, tsne: bool = True, with_holm: bool = True, layout: str = "canonical",
+                best_by: str = "main") -> dict:
     jobs, notes = collect_jobs(sweep_dirs)
     records, details = evaluate_jobs(jobs)
     problems = problems_frame(jobs)
@@ -111,11 +114,12 @@ def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[s
             stats_out[f"{ds}_{primary}_{mm}"] = res
         if ds == "derm7pt":
             for split in [s for s in splits if s == "test"] or splits:
+                by = "score" if best_by == "main" else best_by
                 for kind in ("mean", "best"):
-                    items.append(TB.task_accuracy_table(records, details, split, mm, layout, kind, compare))
-                    items.append(TB.category_auc_table(records, details, split, mm, kind, compare))
-                    items.append(TB.melanoma_table(records, details, split, mm, kind, compare))
-                items.append(TB.all_categories_table(records, details, split, mm, "best", compare))
+                    items.append(TB.task_accuracy_table(records, details, split, mm, layout, kind, compare, by))
+                    items.append(TB.category_auc_table(records, details, split, mm, kind, compare, by))
+                    items.append(TB.melanoma_table(records, details, split, mm, kind, compare, by))
+                items.append(TB.all_categories_table(records, details, split, mm, "best", compare, by))
         if figures:
             fdir.mkdir(parents=True, exist_ok=True)
             for split in splits:
@@ -176,7 +180,8 @@ def _confusion_and_tsne(jobs, prec: pd.DataFrame, details: dict, ds: str, mm: st
     if tsne:
         feats = {}
         by_path = {str(j.path): j for j in jobs if j.ok}
-        for base in dict.fromkeys(rec["base_method"]):
+        base_of = dict(zip(rec["method"], rec["base_method"]))
+        for base in dict.fromkeys(base_of[m] for m in order_methods(rec["method"])):
             for r in sorted(set(rec[rec.base_method == base]["run"]), key=lambda p: by_path[p].block):
                 f = F.load_features(Path(r))
                 if f is not None:
@@ -198,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(args.sweep_dirs[0]) / "report"
     try:
         res = make_report(args.sweep_dirs, out, formats, compare=not args.no_thesis, figures=not args.no_figures,
-                          tsne=not args.no_tsne, with_holm=not args.no_holm, layout=args.layout)
+                          tsne=not args.no_tsne, with_holm=not args.no_holm, layout=args.layout,
+                          best_by=args.best_by)
     except (FileNotFoundError, LookupError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

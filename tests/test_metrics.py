@@ -150,3 +150,14 @@ def test_single_task_main_score_is_bac():
     assert main_score(m, "bac") == m["tasks"]["diagnosis"]["bac"]
     with pytest.raises(ValueError):
         main_score(m, "f1")
+
+
+def test_evaluate_probs_equals_frame_path():
+    from skinlesion.evaluation.metrics import evaluate_probs
+    rng = np.random.default_rng(12)
+    cls = dataset_classes("derm7pt")
+    df = make_predictions(cls, 90, ["derm", "clinic", "fusion"], rng)
+    a = evaluate_predictions(df, {"derm": 2, "fusion": 1})
+    b = evaluate_probs(P.targets(df), P.combine(df, {"derm": 2, "fusion": 1}), cls, "derm7pt", {"derm": 2, "fusion": 1})
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    assert a["combination"] == {"derm": 2.0, "fusion": 1.0} and a["n"] == 90

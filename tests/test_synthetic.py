@@ -117,7 +117,8 @@ def test_pad_quirks(pad):
     # label-correlated metadata, as in the real data
     age = df.groupby("diagnostic")["age"].mean()
     assert age["NEV"] < age["SCC"] - 10
-    bleed = df.groupby("diagnostic")["bleed"].apply(lambda s: (s == "True").mean())
+    # without UNK in the sample pandas parses the column as bool, as it would the real one
+    bleed = (df["bleed"].astype(str) == "True").groupby(df["diagnostic"]).mean()
     assert bleed["BCC"] > bleed["NEV"] + 0.2
 
 
@@ -231,13 +232,19 @@ def test_label_dependence(pad, isic, d7):
 
 
 def test_difficulty_blurs_the_classes(tmp_path):
+    def fisher(X, y):   # between-class over within-class scatter: lower = classes overlap more
+        mu = X.mean(0)
+        between = sum((y == c).sum() * ((X[y == c].mean(0) - mu) ** 2).sum() for c in np.unique(y))
+        within = sum(((X[y == c] - X[y == c].mean(0)) ** 2).sum() for c in np.unique(y))
+        return between / within
+
     scores = []
     for d in (0.0, 1.0):
-        root = generate("isic2019", tmp_path / str(d), n=160, size=24, seed=1, difficulty=d, progress=False)
+        root = generate("isic2019", tmp_path / str(d), n=120, size=24, seed=1, difficulty=d, progress=False)
         gt = pd.read_csv(root / "ISIC_2019_Training_GroundTruth.csv")
         X = pixels([root / "ISIC_2019_Training_Input" / f"{n}.jpg" for n in gt["image"]], k=12)
-        scores.append(ridge_bacc(X, gt[list(ISIC_CLASSES)].idxmax(axis=1).to_numpy()))
-    assert scores[0] > scores[1]
+        scores.append(fisher(X, gt[list(ISIC_CLASSES)].idxmax(axis=1).to_numpy()))
+    assert scores[0] > 1.1 * scores[1]
 
 
 # ------------------------------------------------------------------------------------------------ from_csv

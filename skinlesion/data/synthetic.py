@@ -744,7 +744,8 @@ def _d7_folders(rng: np.random.Generator, count: int) -> list[tuple[str, str]]:
         seen.add(name.lower())
         prefix = name
         if rng.random() < 0.15:     # e.g. folder 'A2l' holding 'Abl196.jpg'
-            prefix = f"{name[0]}{_pick(rng, 'abcdefg', (1,) * 7)}l"
+            letters = [ch for ch in "abcdefg" if ch != name[1].lower()]
+            prefix = f"{name[0]}{letters[int(rng.integers(len(letters)))]}l"
         out.append((name, prefix))
     if count >= 2 and all(f == p for f, p in out):     # keep the quirk visible in small sets
         name = out[-1][0]

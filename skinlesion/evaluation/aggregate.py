@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -366,9 +365,3 @@ def problems_frame(jobs: Sequence[Job]) -> pd.DataFrame:
              "sweep": str(j.sweep) if j.sweep else "", "reason": j.reason or ""}
             for j in jobs if not j.ok]
     return pd.DataFrame(rows, columns=["status", "job", "path", "sweep", "reason"])
-
-
-def nan_to_none(x):
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    return x

@@ -114,29 +114,22 @@ def derm7pt_summary(tasks: Mapping[str, dict]) -> dict:
             "melanoma": {"categories": mel_cats, "mean": mean, "mean_n": mean_n}}
 
 
-def evaluate_predictions(df: pd.DataFrame, combination: P.Combination = "all", dataset: str | None = None) -> dict:
-    """Metrics of every task for one branch combination of a predictions frame.
-
-    ``dataset`` enables the derm7pt extras (``avg_auc``, ``melanoma``); it is inferred from the task
-    names when omitted.
-    """
-    probs = P.combine(df, combination)
-    ys = P.targets(df)
-    if isinstance(combination, str):
-        ref_branch = None if combination == "all" else combination
-    else:
-        ref_branch = next(iter(combination), None)
-    classes = P.task_classes(df, ref_branch)
-    missing = [t for t in probs if t not in ys]
+def evaluate_probs(y: Mapping[str, np.ndarray], probs: Mapping[str, np.ndarray], classes: Mapping[str, list[str]],
+                   dataset: str | None = None, combination: object = None) -> dict:
+    """Like :func:`evaluate_predictions` but from arrays: ``{task: (N,)}`` targets, ``{task: (N, K)}``
+    probabilities and ``{task: [class, ...]}`` (for per-epoch validation without building a frame)."""
+    missing = [t for t in probs if t not in y]
     if missing:
-        raise KeyError(f"no target column for task(s) {missing}")
-    tasks = {t: task_metrics(ys[t], probs[t], classes[t]) for t in probs}
+        raise KeyError(f"no targets for task(s) {missing}")
+    tasks = {t: task_metrics(y[t], probs[t], list(classes[t])) for t in probs}
     avg_acc, _ = nanfree_mean(m["acc"] for m in tasks.values())
-    avg_bac, n_bac = nanfree_mean(m["bac"] for m in tasks.values())
+    avg_bac, _ = nanfree_mean(m["bac"] for m in tasks.values())
+    if combination is not None and not isinstance(combination, str):
+        combination = {str(k): float(v) for k, v in dict(combination).items()}
     out = {
-        "combination": combination if isinstance(combination, str) else {str(k): float(v) for k, v in combination.items()},
+        "combination": combination,
         "dataset": dataset or infer_dataset(tasks),
-        "n": len(df),
+        "n": int(len(next(iter(y.values())))) if y else 0,
         "tasks": tasks,
         "avg_acc": avg_acc,
         "avg_bac": avg_bac,
@@ -145,6 +138,20 @@ def evaluate_predictions(df: pd.DataFrame, combination: P.Combination = "all", d
     if out["dataset"] == "derm7pt":
         out.update(derm7pt_summary(tasks))
     return out
+
+
+def evaluate_predictions(df: pd.DataFrame, combination: P.Combination = "all", dataset: str | None = None) -> dict:
+    """Metrics of every task for one branch combination of a predictions frame.
+
+    ``dataset`` enables the derm7pt extras (``avg_auc``, ``melanoma``); it is inferred from the task
+    names when omitted.
+    """
+    probs = P.combine(df, combination)
+    if isinstance(combination, str):
+        ref_branch = None if combination == "all" else combination
+    else:
+        ref_branch = next(iter(combination), None)
+    return evaluate_probs(P.targets(df), probs, P.task_classes(df, ref_branch), dataset, combination)
 
 
 def main_score(metrics: Mapping, main_metric: str) -> float:

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -132,8 +134,12 @@ def _task_constraints(p: Sequence[np.ndarray], y: np.ndarray):
 
 
 def correct_counts_sweep(preds: Sequence[Preds], y: Mapping[str, np.ndarray], g: np.ndarray,
-                         chunk_elems: int = 2_000_000) -> np.ndarray:
-    """Correct (case, task) pairs of every (i, j, k) in the full ``len(g)**3`` grid (flat, lexicographic)."""
+                         chunk_elems: int = 1_000_000, workers: int | None = None) -> np.ndarray:
+    """Correct (case, task) pairs of every (i, j, k) in the full ``len(g)**3`` grid (flat, lexicographic).
+
+    (i, j) pairs are processed in chunks on ``workers`` threads (numpy releases the GIL in the
+    elementwise kernels; chunks write disjoint rows, so no locking is needed).
+    """
     tasks, n = _check(preds, y)
     if len(preds) != 3:
         raise ValueError("the sweep scorer handles exactly three predictions")
@@ -147,17 +153,18 @@ def correct_counts_sweep(preds: Sequence[Preds], y: Mapping[str, np.ndarray], g:
     cons = [_task_constraints([p[t] for p in preds], np.asarray(y[t], dtype=np.int64)) for t in tasks]
     per_pair = sum(c[0].size for c in cons)
     chunk = max(1, chunk_elems // max(per_pair, 1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for s in range(0, gn * gn, chunk):
-            q = slice(s, min(s + chunk, gn * gn))
-            nq = q.stop - q.start
+
+    def run(start: int) -> None:
+        q = slice(start, min(start + chunk, gn * gn))
+        nq = q.stop - q.start
+        with np.errstate(divide="ignore", invalid="ignore"):
             for a, b, c, strict in cons:
-                # sum of the (i, j) terms; class y wins iff g_k * c > -s (or >= for non-strict)
+                # sum of the (i, j) terms; class y wins iff g_k * c > -part (>= for non-strict)
                 part = gi[q, None, None] * a[None] + gj[q, None, None] * b[None]
                 t = -part / c[None]
                 pos, neg = c > 0, c < 0
                 up = np.nextafter(t, np.inf)
-                # lower bound on g_k from c > 0, upper bound (exclusive) from c < 0, as values of g
+                # lower bound on g_k from c > 0, exclusive upper bound from c < 0, as values of g
                 lower = np.where(pos, np.where(strict, up, t), -np.inf)
                 upper = np.where(neg, np.where(strict, t, up), np.inf)
                 zero = ~(pos | neg)
@@ -169,11 +176,19 @@ def correct_counts_sweep(preds: Sequence[Preds], y: Mapping[str, np.ndarray], g:
                 lo = np.searchsorted(g, lower.max(axis=2).ravel(), side="left")
                 hi = np.searchsorted(g, upper.min(axis=2).ravel(), side="left")
                 valid = lo < hi
-                rows = np.repeat(np.arange(nq), a.shape[0])
-                base = rows * (gn + 1)
+                base = np.repeat(np.arange(nq), a.shape[0]) * (gn + 1)
                 diff = (np.bincount(base[valid] + lo[valid], minlength=nq * (gn + 1))
                         - np.bincount(base[valid] + hi[valid], minlength=nq * (gn + 1)))
                 counts[q] += diff.reshape(nq, gn + 1)
+
+    starts = range(0, gn * gn, chunk)
+    workers = workers or min(2, os.cpu_count() or 1)
+    if workers > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(workers) as ex:
+            list(ex.map(run, starts))
+    else:
+        for st in starts:
+            run(st)
     return np.cumsum(counts, axis=1)[:, :gn].reshape(-1)
 
 

@@ -65,3 +65,65 @@ def run_info(dataset: str, model: str, method: str, backbone: str, fold: int | N
             "main_metric": main_metric or ("avg_acc" if dataset == "derm7pt" and len(classes) > 1 else "bac"),
             "branches": list(branches), "tasks": classes,
             "params": {"total": 1000, "thesis_count": 1100, "trainable": 900}, "overrides": [], **extra}
+
+
+# model preset -> (display name, branches, logit boost of the true class)
+DEFAULT_MODELS = {"image_only": ("Image", ["image"], 0.8), "jf_cat": ("JF-CAT", ["fusion"], 1.2),
+                  "jif_mmfa": ("JIF-MMFA", ["image", "meta", "fusion"], 1.5)}
+
+
+def make_sweep(root: str | Path, dataset: str, models: Sequence[str] = ("image_only", "jif_mmfa"),
+               backbones: Sequence[str] = ("densenet121.tv_in1k",), runs: Sequence[int] = (0, 1),
+               n_val: int = 80, n_test: int = 60, skip: Sequence[int] = (), fail: Sequence[int] = (),
+               no_run_json: Sequence[int] = (), features: bool = False, tasks: Sequence[str] | None = None,
+               main_metric: str | None = None, seed: int = 0, sweeper_params: bool = False) -> Path:
+    """A Hydra-like multirun directory: ``multirun.yaml`` plus numbered job directories with
+    ``.hydra/overrides.yaml``, ``run.json`` and predictions. ``runs`` are folds (PAD/ISIC) or seeds
+    (derm7pt). Job numbers in ``skip`` get no directory, in ``no_run_json`` no run.json, in ``fail``
+    a failed status. With ``sweeper_params`` the sweep is declared like an experiment preset."""
+    import yaml
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    run_key = "seed" if dataset == "derm7pt" else "data.fold"
+    sweep = {"model": ",".join(models), "backbone": ",".join(backbones), run_key: ",".join(map(str, runs))}
+    hydra = {"overrides": {"task": [f"dataset={dataset}"] + ([] if sweeper_params else [f"{k}={v}" for k, v in sweep.items()])},
+             "sweeper": {"params": sweep if sweeper_params else None}}
+    if sweeper_params:
+        hydra["overrides"]["task"].append("experiment=synthetic")
+    (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra}, sort_keys=False))
+    classes = dataset_classes(dataset)
+    if tasks:
+        classes = {t: classes[t] for t in tasks}
+    job = 0
+    for model in models:
+        method, branches, signal = DEFAULT_MODELS[model]
+        for bb in backbones:
+            for r in runs:
+                num, job = job, job + 1
+                if num in skip:
+                    continue
+                overrides = [f"dataset={dataset}", f"model={model}", f"backbone={bb}", f"{run_key}={r}"]
+                d = root / str(num)
+                (d / ".hydra").mkdir(parents=True, exist_ok=True)
+                (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+                if num in no_run_json:
+                    continue
+                info = run_info(dataset, model, method, bb, None if dataset == "derm7pt" else r, r, branches,
+                                status="failed" if num in fail else "completed", main_metric=main_metric,
+                                overrides=overrides)
+                if num in fail:
+                    info["error"] = "RuntimeError: synthetic failure"
+                    write_run(d, info, None)
+                    continue
+                sig = {b: signal + (0.4 if b == "fusion" else 0.0) for b in branches}
+                val = make_predictions(classes, n_val, branches, rng, sig, prefix="v")
+                test = None if dataset == "isic2019" else make_predictions(classes, n_test, branches, rng, sig, prefix="t")
+                feats = None
+                if features and test is not None:
+                    y = test[f"target/{next(iter(classes))}"].to_numpy()
+                    feats = {"case_id": test["case_id"].to_numpy(), "target": y,
+                             "features": rng.normal(size=(len(y), 8)) + 2.0 * np.eye(8)[y % 8]}
+                write_run(d, info, val, test, feats)
+    return root

@@ -41,6 +41,7 @@ TASK_LAYOUTS = {
 }
 METRIC_ABBR = {"auc": "AUC", "precision": "PRE", "sensitivity": "SEN", "specificity": "SPE"}
 SPLIT_NAME = {"val": "validation", "test": "test"}
+BEST_BY_NAME = {"score": "the main metric", "avg_auc": "AVG AUC", "avg_acc": "AVG ACC"}
 DATASET_NAME = {"pad_ufes": "PAD-UFES-20", "isic2019": "ISIC-2019", "derm7pt": "derm7pt (SPC)"}
 
 
@@ -125,7 +126,7 @@ def backbone_table(summary: pd.DataFrame, dataset: str, main_metric: str, split:
     if kind == "mean":
         notes.append("Average row pools all runs of a method over backbones (METHODS §6.3).")
     if n_exp:
-        notes.append(f"(n=k) marks cells with fewer/more than the usual {n_exp} runs.")
+        notes.append(f"(n=k) marks a single run or a run count other than the usual {n_exp}.")
     return Table(f"{dataset}_{split}_{main_metric}_backbones" + ("" if kind == "mean" else "_best"), title,
                  ["Backbone"] + methods, rows, notes)
 
@@ -144,14 +145,15 @@ def _row_groups(records: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
     return out
 
 
-def _best_run(records: pd.DataFrame, runs: Sequence[str], method: str) -> str:
+def _best_run(records: pd.DataFrame, runs: Sequence[str], method: str, by: str = "score") -> str:
+    """The run with the highest ``by`` value (default: its main metric); first on ties."""
     g = records[records.run.isin(runs) & (records.method == method)]
-    vals = g["score"].to_numpy(dtype=float)
+    vals = g[by].to_numpy(dtype=float)
     return str(g.iloc[int(np.nanargmax(vals))]["run"]) if len(g) and not np.all(np.isnan(vals)) else str(g.iloc[0]["run"])
 
 
 def _value_cell(records, details, label, runs, method, split, getter: Callable[[dict], float | None], kind: str,
-                thesis: tuple[list[str], str, str] | None) -> str:
+                thesis: tuple[list[str], str, str] | None, best_by: str = "score") -> str:
     if kind == "mean":
         vals = np.array([np.nan if (v := getter(details[(r, method, split)])) is None else v for r in runs], dtype=float)
         vals = vals[~np.isnan(vals)]
@@ -160,7 +162,7 @@ def _value_cell(records, details, label, runs, method, split, getter: Callable[[
         mean, std = float(vals.mean()), (float(vals.std(ddof=1)) if len(vals) > 1 else None)
         cell, ours = fmt_stat(mean, std), mean
     else:
-        ours = getter(details[(_best_run(records, runs, method), method, split)])
+        ours = getter(details[(_best_run(records, runs, method, best_by), method, split)])
         cell = _pct(ours)
     if thesis:
         tables, column, metric = thesis
@@ -174,7 +176,7 @@ def _derm7pt_records(records: pd.DataFrame, dataset: str, split: str, main_metri
 
 
 def task_accuracy_table(records, details, split="test", main_metric=None, layout="canonical", kind="mean",
-                        compare=True) -> Table:
+                        compare=True, best_by="score") -> Table:
     """Per-task ACC + AVG (T5.3 / T6.3–T6.9 layout)."""
     rec = _derm7pt_records(records, "derm7pt", split, main_metric)
     present = {t for k, m in details.items() if k[2] == split for t in m["tasks"]}
@@ -185,14 +187,15 @@ def task_accuracy_table(records, details, split="test", main_metric=None, layout
         row = [label]
         for t in tasks:
             row.append(_value_cell(rec, details, label, runs, method, split,
-                                   lambda m, t=t: m["tasks"].get(t, {}).get("acc"), kind, (tables, t, "acc") if tables else None))
+                                   lambda m, t=t: m["tasks"].get(t, {}).get("acc"), kind,
+                                   (tables, t, "acc") if tables else None, best_by))
         row.append(_value_cell(rec, details, label, runs, method, split, lambda m: m.get("avg_acc"), kind,
-                               (tables, "AVG", "acc") if tables else None))
+                               (tables, "AVG", "acc") if tables else None, best_by))
         row.append(str(len(runs)))
         rows.append(row)
     return Table(f"derm7pt_{split}_{main_metric or 'all'}_task_acc" + ("" if kind == "mean" else "_best"),
                  f"derm7pt {SPLIT_NAME[split]} per-task ACC (%): "
-                 + ("mean ± sample std over runs" if kind == "mean" else "best run by the main metric"),
+                 + ("mean ± sample std over runs" if kind == "mean" else f"best run by {BEST_BY_NAME.get(best_by, best_by)}"),
                  ["Method"] + tasks + ["AVG", "runs"], rows,
                  [f"task order: {layout}"] + (["thesis: " + ", ".join(map(T.table_id, tables))] if tables else []))
 
@@ -201,7 +204,8 @@ def _cat(t: str, c: str) -> str:
     return f"{t}-{c}"
 
 
-def category_auc_table(records, details, split="test", main_metric=None, kind="mean", compare=True) -> Table:
+def category_auc_table(records, details, split="test", main_metric=None, kind="mean", compare=True,
+                       best_by="score") -> Table:
     """AUC of the 17 non-absent categories + AVG AUC (T5.2 layout)."""
     rec = _derm7pt_records(records, "derm7pt", split, main_metric)
     present = {c for k, m in details.items() if k[2] == split for c in m.get("category_auc", {})}
@@ -211,18 +215,19 @@ def category_auc_table(records, details, split="test", main_metric=None, kind="m
     for label, method, runs in _row_groups(rec):
         row = [label] + [_value_cell(rec, details, label, runs, method, split,
                                      lambda m, c=c: m.get("category_auc", {}).get(c), kind,
-                                     (tables, c, "auc") if tables else None) for c in cats]
+                                     (tables, c, "auc") if tables else None, best_by) for c in cats]
         row.append(_value_cell(rec, details, label, runs, method, split, lambda m: m.get("avg_auc"), kind,
-                               (tables, "AVG", "auc") if tables else None))
+                               (tables, "AVG", "auc") if tables else None, best_by))
         rows.append(row)
     return Table(f"derm7pt_{split}_{main_metric or 'all'}_category_auc" + ("" if kind == "mean" else "_best"),
                  f"derm7pt {SPLIT_NAME[split]} one-vs-rest AUC per category (%): "
-                 + ("mean ± sample std over runs" if kind == "mean" else "best run by the main metric"),
+                 + ("mean ± sample std over runs" if kind == "mean" else f"best run by {BEST_BY_NAME.get(best_by, best_by)}"),
                  ["Method"] + cats + ["AVG"], rows, ["AVG = mean of the defined category AUCs (17 when all present)"]
                  + (["thesis: T5.2"] if tables else []))
 
 
-def melanoma_table(records, details, split="test", main_metric=None, kind="mean", compare=True) -> Table:
+def melanoma_table(records, details, split="test", main_metric=None, kind="mean", compare=True,
+                   best_by="score") -> Table:
     """AUC/PRE/SEN/SPE of the 8 melanoma-related categories + their mean (T5.4 layout)."""
     rec = _derm7pt_records(records, "derm7pt", split, main_metric)
     present = {c for k, m in details.items() if k[2] == split for c in m.get("melanoma", {}).get("categories", {})}
@@ -235,20 +240,21 @@ def melanoma_table(records, details, split="test", main_metric=None, kind="mean"
             for c in cats:
                 row.append(_value_cell(rec, details, label, runs, method, split,
                                        lambda m, c=c, metric=metric: m["melanoma"]["categories"].get(c, {}).get(metric),
-                                       kind, (tables, c, metric) if tables else None))
+                                       kind, (tables, c, metric) if tables else None, best_by))
             row.append(_value_cell(rec, details, label, runs, method, split,
                                    lambda m, metric=metric: m["melanoma"]["mean"].get(metric), kind,
-                                   (tables, "AVG", metric) if tables else None))
+                                   (tables, "AVG", metric) if tables else None, best_by))
             rows.append(row)
     return Table(f"derm7pt_{split}_{main_metric or 'all'}_melanoma" + ("" if kind == "mean" else "_best"),
                  f"derm7pt {SPLIT_NAME[split]} melanoma-related categories (%): "
-                 + ("mean ± sample std over runs" if kind == "mean" else "best run by the main metric"),
+                 + ("mean ± sample std over runs" if kind == "mean" else f"best run by {BEST_BY_NAME.get(best_by, best_by)}"),
                  ["Metric", "Method"] + cats + ["AVG"], rows,
                  ["one-vs-rest from each task's argmax confusion matrix; AUC from the category probability"]
                  + (["thesis: T5.4"] if tables else []))
 
 
-def all_categories_table(records, details, split="test", main_metric=None, kind="best", compare=True) -> Table:
+def all_categories_table(records, details, split="test", main_metric=None, kind="best", compare=True,
+                         best_by="score") -> Table:
     """SEN/SPE/PRE/AUC of all 24 categories (T6.10), canonical order."""
     rec = _derm7pt_records(records, "derm7pt", split, main_metric)
     present = {}
@@ -265,11 +271,11 @@ def all_categories_table(records, details, split="test", main_metric=None, kind=
             for t, c in cats:
                 row.append(_value_cell(rec, details, label, runs, method, split,
                                        lambda m, t=t, c=c, metric=metric: m["tasks"][t]["per_class"][c][metric],
-                                       kind, (tables, _cat(t, c), metric) if tables else None))
+                                       kind, (tables, _cat(t, c), metric) if tables else None, best_by))
             rows.append(row)
     return Table(f"derm7pt_{split}_{main_metric or 'all'}_all_categories" + ("" if kind == "mean" else "_best"),
                  f"derm7pt {SPLIT_NAME[split]} SEN/SPE/PRE/AUC of every category (%): "
-                 + ("mean ± sample std over runs" if kind == "mean" else "best run by the main metric"),
+                 + ("mean ± sample std over runs" if kind == "mean" else f"best run by {BEST_BY_NAME.get(best_by, best_by)}"),
                  ["Method", "Metric"] + [_cat(t, c) for t, c in cats], rows,
                  ["– = undefined on this split (no positives / never predicted)"] + (["thesis: T6.10"] if tables else []))
 

@@ -1,0 +1,188 @@
+import csv
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from sklearn.metrics import balanced_accuracy_score
+
+from skinlesion.evaluation import predictions as P
+from skinlesion.evaluation.aggregate import collect_jobs, expected_jobs, sweep_values
+from skinlesion.evaluation.synthetic import make_sweep
+from skinlesion.report import main
+
+
+def _bac(run_dir, split, combination):
+    df = P.read_predictions(run_dir / "predictions" / f"{split}.parquet")
+    prob = P.combine(df, combination)["diagnostic"]
+    return balanced_accuracy_score(df["target/diagnostic"], prob.argmax(1))
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_report_pad_sweep(tmp_path, capsys):
+    sweep = make_sweep(tmp_path / "multirun" / "2024-01-01" / "10-00-00", "pad_ufes", features=True)
+    out = tmp_path / "rep"
+    assert main([str(sweep), "--out", str(out), "--format", "md,csv,tex"]) == 0
+    stdout = capsys.readouterr().out
+    assert "PAD-UFES-20 validation BAC" in stdout and "| densenet |" in stdout
+
+    # thesis layout: backbones (+ Average) as rows, methods as columns
+    rows = _read_csv(out / "tables" / "pad_ufes_val_bac_backbones.csv")
+    assert rows[0] == ["Backbone", "Image", "JIF-MMFA(OFB)", "JIF-MMFA(All)"]
+    assert [r[0] for r in rows[1:]] == ["densenet", "Average"]
+    # cell = mean ± sample std of per-fold BAC, recomputed here from the parquet files
+    jobs = {json.loads((d / "run.json").read_text())["model"] + str(json.loads((d / "run.json").read_text())["fold"]): d
+            for d in sweep.iterdir() if (d / "run.json").exists()}
+    img = [_bac(jobs[f"image_only{f}"], "val", "image") for f in (0, 1)]
+    jif_all = [_bac(jobs[f"jif_mmfa{f}"], "val", "all") for f in (0, 1)]
+    jif_ofb = [_bac(jobs[f"jif_mmfa{f}"], "val", "fusion") for f in (0, 1)]
+    assert rows[1][1].startswith(f"{100 * np.mean(img):.1f} ± {100 * np.std(img, ddof=1):.1f} [T4.1: 68.9 ± 2.6; Δ")
+    assert rows[1][3].startswith(f"{100 * np.mean(jif_all):.1f} ± {100 * np.std(jif_all, ddof=1):.1f}")
+    assert rows[2][2].startswith(f"{100 * np.mean(jif_ofb):.1f}") and "[T4.1: 76.7 ± 2.2" in rows[2][2]
+
+    summary = pd.read_csv(out / "summary.csv")
+    s = summary[(summary.split == "val") & (summary.method == "Image") & (summary.backbone == "Average")].iloc[0]
+    assert s["n"] == 2 and s["mean"] == pytest.approx(np.mean(img)) and s["std"] == pytest.approx(np.std(img, ddof=1))
+    assert s["best"] == pytest.approx(max(img))
+    assert set(summary["split"]) == {"val", "test"}  # PAD reports validation and fixed-test means
+
+    for f in ("md", "csv", "tex"):
+        for name in ("pad_ufes_val_bac_backbones", "pad_ufes_test_bac_backbones", "pad_ufes_val_bac_backbones_best",
+                     "pad_ufes_val_bac_stats", "params", "missing_or_failed"):
+            assert (out / "tables" / f"{name}.{f}").exists(), (name, f)
+    assert "\\pm" in (out / "tables" / "pad_ufes_val_bac_backbones.tex").read_text()
+    for fig in ("bar_pad_ufes_bac_val.png", "bar_pad_ufes_bac_test.png", "confusion_pad_ufes_bac_val.png",
+                "tsne_pad_ufes_bac.png"):
+        assert (out / "figures" / fig).stat().st_size > 1000
+    stats = json.loads((out / "stats" / "pad_ufes_val_bac.json").read_text())
+    assert stats["methods"] == ["Image", "JIF-MMFA(OFB)", "JIF-MMFA(All)"] and len(stats["pairs"]) == 3
+    assert stats["friedman"]["n_blocks"] == 2
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "No missing or failed runs" in page
+    assert "JIF-MMFA(All)" in page
+    assert pd.read_csv(out / "missing.csv").empty
+
+
+def test_report_lists_missing_and_failed(tmp_path, capsys):
+    # 2 methods x 4 folds = jobs 0..7 (Image 0-3, JIF 4-7): job 1 never started, job 4 failed,
+    # job 5 crashed before run.json, job 2 is still running, job 6 lost its test predictions
+    sweep = make_sweep(tmp_path / "sweep", "pad_ufes", runs=(0, 1, 2, 3), skip=[1], fail=[4], no_run_json=[5])
+    info = json.loads((sweep / "2" / "run.json").read_text())
+    (sweep / "2" / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    (sweep / "6" / "predictions" / "test.parquet").unlink()
+    assert main([str(sweep), "--no-figures", "--format", "md"]) == 0
+    captured = capsys.readouterr()
+    out = sweep / "report"  # default output location
+    missing = pd.read_csv(out / "missing.csv")
+    assert sorted(missing["status"]) == ["failed", "missing_job", "missing_predictions", "missing_run_json", "running"]
+    lost = missing[missing.status == "missing_job"].iloc[0]
+    assert "model=image_only" in lost["job"] and "data.fold=1" in lost["job"]
+    assert "synthetic failure" in missing[missing.status == "failed"].iloc[0]["reason"]
+    assert "test.parquet" in missing[missing.status == "missing_predictions"].iloc[0]["reason"]
+    for status in ("missing_job", "failed", "running", "missing_run_json", "missing_predictions"):
+        assert f"| {status} |" in captured.out
+    page = (out / "report.html").read_text()
+    assert "missing_job" in page and "synthetic failure" in page
+    md = (out / "tables" / "pad_ufes_val_bac_backbones.md").read_text()
+    assert "(n=1)" in md  # the single surviving JIF run is flagged, not silently averaged
+    summary = pd.read_csv(out / "summary.csv")
+    n = summary[(summary.split == "val") & (summary.backbone == "Average")].set_index("method")["n"]
+    assert n.to_dict() == {"Image": 2, "JIF-MMFA(OFB)": 1, "JIF-MMFA(All)": 1}
+    table = (out / "tables" / "missing_or_failed.md").read_text()
+    assert table.count("| missing_job |") == 1
+
+
+def test_report_errors_without_traceback(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no completed runs") and "Traceback" not in err
+    assert main([str(tmp_path / "does_not_exist")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    only_failed = make_sweep(tmp_path / "f", "pad_ufes", models=("image_only",), runs=(0,), fail=[0])
+    assert main([str(only_failed)]) == 2
+    err = capsys.readouterr().err
+    assert "[failed]" in err and "synthetic failure" in err
+    assert main([str(only_failed), "--format", "docx"]) == 2
+
+
+def test_experiment_preset_sweep_and_missing(tmp_path):
+    sweep = make_sweep(tmp_path / "exp", "pad_ufes", models=("image_only", "jf_cat"), sweeper_params=True, skip=[3])
+    combos, notes = expected_jobs(sweep / "multirun.yaml")
+    assert len(combos) == 4 and not notes
+    assert combos[0] == {"model": "image_only", "data.fold": "0"}  # single-valued keys are not sweep axes
+    jobs, _ = collect_jobs([sweep])
+    missing = [j for j in jobs if j.status == "missing_job"]
+    assert len(missing) == 1 and missing[0].expected == {"model": "jf_cat", "data.fold": "1"}
+    assert sum(j.ok for j in jobs) == 3
+
+
+def test_sweep_value_parsing(tmp_path):
+    assert sweep_values("image_only,jf_cat") == ["image_only", "jf_cat"]
+    assert sweep_values("range(3)") == ["0", "1", "2"]
+    assert sweep_values("range(1,8,3)") == ["1", "4", "7"]
+    assert sweep_values("[1,2]") is None and sweep_values("0") is None
+    assert sweep_values("[1,2],[3]") == ["[1,2]", "[3]"]
+    y = tmp_path / "multirun.yaml"
+    y.write_text(yaml.safe_dump({"hydra": {"overrides": {"task": ["model=a,b", "+data.fold=range(2)", "x=1"]},
+                                           "sweeper": {"params": {"seed": "7,8", "model": "z"}}}}, sort_keys=False))
+    combos, _ = expected_jobs(y)
+    # sweeper params first, command line overrides win for the same key
+    assert combos == [{"seed": s, "model": m, "data.fold": f} for s in "78" for m in "ab" for f in "01"]
+
+
+def test_report_derm7pt_tables(tmp_path):
+    sweep = make_sweep(tmp_path / "d7", "derm7pt", models=("jf_cat", "jif_mmfa"), runs=(0, 1, 2), main_metric="avg_acc",
+                       n_test=120)
+    out = tmp_path / "rep"
+    assert main([str(sweep), "--out", str(out), "--format", "csv", "--no-figures", "--layout", "t6_3"]) == 0
+    acc = _read_csv(out / "tables" / "derm7pt_test_avg_acc_task_acc.csv")
+    assert acc[0] == ["Method", "BWV", "DaG", "PIG", "PN", "RS", "STR", "VS", "DIAG", "AVG", "runs"]
+    assert [r[0] for r in acc[1:]] == ["JF-CAT", "JIF-MMFA(OFB)", "JIF-MMFA(All)"]
+    assert acc[1][-1] == "3"
+    auc = _read_csv(out / "tables" / "derm7pt_test_avg_acc_category_auc_best.csv")
+    assert len(auc[0]) == 1 + 17 + 1 and auc[0][1] == "DIAG-BCC" and auc[0][-1] == "AVG"
+    mel = _read_csv(out / "tables" / "derm7pt_test_avg_acc_melanoma.csv")
+    assert mel[0][2:] == ["DIAG-MEL", "PN-ATP", "STR-IR", "PIG-IR", "RS-PRS", "DaG-IR", "BWV-PRS", "VS-IR", "AVG"]
+    assert [r[0] for r in mel[1:]] == ["AUC"] * 3 + ["PRE"] * 3 + ["SEN"] * 3 + ["SPE"] * 3
+    allc = _read_csv(out / "tables" / "derm7pt_test_avg_acc_all_categories_best.csv")
+    assert len(allc[0]) == 2 + 24 and allc[0][2] == "DIAG-BCC"
+    # AVG ACC column of the mean table equals the per-run average accuracy, recomputed here
+    runs = [d for d in sweep.iterdir() if (d / "run.json").exists()
+            and json.loads((d / "run.json").read_text())["model"] == "jf_cat"]
+    vals = []
+    for d in runs:
+        df = P.read_predictions(d / "predictions" / "test.parquet")
+        probs, ys = P.combine(df, "fusion"), P.targets(df)
+        vals.append(np.mean([np.mean(probs[t].argmax(1) == ys[t]) for t in ys]))
+    assert acc[1][9] == f"{100 * np.mean(vals):.1f} ± {100 * np.std(vals, ddof=1):.1f}"
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["split"]) == {"test"} and set(summary["metric"]) == {"avg_acc"}
+    # best-run selection by AVG AUC (Ch. 5 convention): the AVG cell is the max AVG AUC over the runs
+    out2 = tmp_path / "rep2"
+    assert main([str(sweep), "--out", str(out2), "--format", "md,csv", "--no-figures", "--best-by", "avg_auc"]) == 0
+    assert "best run by AVG AUC" in (out2 / "tables" / "derm7pt_test_avg_acc_category_auc_best.md").read_text()
+    runs_csv = pd.read_csv(out2 / "runs.csv")
+    best_auc = runs_csv[runs_csv.method == "JF-CAT"]["avg_auc"].max()
+    auc_best = _read_csv(out2 / "tables" / "derm7pt_test_avg_acc_category_auc_best.csv")
+    assert auc_best[1][0] == "JF-CAT" and auc_best[1][-1] == f"{100 * best_auc:.1f}"
+
+
+def test_report_isic_validation_only(tmp_path):
+    sweep = make_sweep(tmp_path / "isic", "isic2019", models=("image_only", "jf_cat"),
+                       backbones=("densenet121", "resnet50.tv_in1k"))
+    out = tmp_path / "rep"
+    assert main([str(sweep), "--out", str(out), "--format", "md", "--no-figures"]) == 0
+    names = {p.name for p in (out / "tables").iterdir()}
+    assert "isic2019_val_bac_backbones.md" in names and not any("isic2019_test" in n for n in names)
+    md = (out / "tables" / "isic2019_val_bac_backbones.md").read_text()
+    assert "| densenet |" in md and "| resnet |" in md and "| Average |" in md and "[T4.3:" in md
+    assert "[T4.3: 81.8 ± 0.5" in md  # densenet Image cell of T4.3
+    stats = json.loads((out / "stats" / "isic2019_val_bac.json").read_text())
+    assert stats["friedman"]["note"] and stats["pairs"][0]["n"] == 4
