@@ -60,7 +60,7 @@ def _loggers(cfg: DictConfig, ident: dict) -> list:
 def run(cfg: DictConfig, out: Path) -> dict:
     """One training job; returns the metrics written to ``out/metrics.json``."""
     from skinlesion.evaluation.metrics import evaluate_predictions
-    from skinlesion.models import build_network, required_inputs
+    from skinlesion.models import build_network, parameter_report, required_inputs
     from skinlesion.module import MultiTaskModule
 
     L.seed_everything(cfg.seed, workers=True)
@@ -69,7 +69,7 @@ def run(cfg: DictConfig, out: Path) -> dict:
     dm.set_input_keys(required_inputs(cfg.model.net, dm.info))
     dm.setup()
     network = build_network(cfg.model.net, cfg.backbone, dm.info)
-    params = network.param_counts()
+    params = parameter_report(network, cfg.backbone, dm.info)
     log.info("parameters: %s", params)
     dm.fold_frame().to_csv(out / "folds.csv", index=False, lineterminator="\n")
     module = MultiTaskModule(

@@ -54,3 +54,17 @@ def build_network(model_cfg: DictConfig | dict, backbone_cfg: DictConfig | dict 
     cls, cfg = _resolve(model_cfg)
     cls.check_data(cfg, info)
     return cls(info=info, backbone=_as_dict(backbone_cfg), **cfg)
+
+
+def parameter_report(network, backbone_cfg: DictConfig | dict | None, info: DataInfo) -> dict[str, int]:
+    """The network's parameter counts and, for image models, the increase over image-only on the same backbone."""
+    import torch
+
+    counts = network.param_counts()
+    if any(type(m).__name__ == "Backbone" for m in network.modules()):
+        bb = {**_as_dict(backbone_cfg), "pretrained": False}
+        with torch.device("meta"):   # counted without allocating or loading weights
+            ref = MODEL_REGISTRY["image_only"](info=info, backbone=bb).param_counts()
+        counts["image_only_thesis_count"] = ref["thesis_count"]
+        counts["increase_over_image_only"] = counts["thesis_count"] - ref["thesis_count"]
+    return counts

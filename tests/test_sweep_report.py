@@ -1,0 +1,57 @@
+"""A real sweep (python train.py -m, the reduced table4_1 preset) turned into a report by python report.py."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from skinlesion.report import main as report_main
+from tests.conftest import REPO
+
+TINY_CLI = ["backbone=test_efficientnet", "backbone.pretrained=false", "trainer=cpu", "trainer.max_epochs=1",
+            "data.image_size=32", "data.batch_size=32", "data.num_workers=0", "data.progress=false", "tta=none",
+            "trainer.enable_progress_bar=false", "callbacks.progress_bar=null"]
+
+
+@pytest.fixture(scope="module")
+def sweep(pad_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep") / "table4_1"
+    cmd = [sys.executable, "train.py", "-m", "experiment=table4_1", "model=image_only,jif_mmfa", "data.fold=0,1",
+           f"data.root={pad_root}", *TINY_CLI, f"hydra.sweep.dir={out}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_sweep_runs_the_narrowed_grid(sweep):
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and (p / "run.json").is_file())
+    assert jobs == ["0", "1", "2", "3"]
+
+
+def test_report_tables_figures_and_html(sweep, tmp_path):
+    out = tmp_path / "report"
+    assert report_main([str(sweep), "--format", "md,csv,tex", "--out", str(out)]) == 0
+    assert (out / "report.html").is_file() and list((out / "figures").glob("*.png"))
+    for ext in ("md", "csv", "tex"):
+        assert list((out / "tables").glob(f"*.{ext}")), ext
+    summary = pd.read_csv(out / "summary.csv")
+    methods = set(summary["method"])
+    assert {"Image", "JIF-MMFA(OFB)", "JIF-MMFA(All)"} <= methods
+    assert set(summary["backbone"]) >= {"test_efficientnet"}
+    html = (out / "report.html").read_text()
+    assert "JIF-MMFA(All)" in html and "data:image/png;base64" in html
+
+
+def test_report_lists_a_missing_run(sweep, tmp_path):
+    broken = tmp_path / "sweep"
+    shutil.copytree(sweep, broken)
+    shutil.rmtree(broken / "3")
+    out = tmp_path / "report"
+    assert report_main([str(broken), "--out", str(out), "--no-figures"]) == 0
+    missing = pd.read_csv(out / "missing.csv")
+    assert len(missing) == 1
+    row = missing.iloc[0].astype(str).str.cat(sep=" ")
+    assert "jif_mmfa" in row and "data.fold=1" in row
