@@ -193,7 +193,9 @@ def test_backbone_presets(preset, width):
     from skinlesion.models.backbones import Backbone
 
     cfg = OmegaConf.to_container(OmegaConf.load(CONF / "backbone" / f"{preset}.yaml"))
-    assert cfg["pretrained"] is False
+    # real backbones start from ImageNet weights (the thesis recipe); timm's test networks have none
+    assert cfg["pretrained"] is (not preset.startswith("test_"))
+    cfg["pretrained"] = False   # no downloads here: build the structure only
     if "." in cfg["name"]:
         assert cfg["name"] in timm.list_pretrained(cfg["name"].split(".")[0] + ".*")
     with torch.device("meta"):   # structure only: no weights, no memory

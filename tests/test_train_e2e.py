@@ -70,3 +70,28 @@ def test_two_image_dataset_loads_both_images_with_one_geometry(roots):
     assert set(torch_item["images"]) == {"derm", "clinic"}
     assert (torch_item["images"]["derm"] == torch_item["images"]["clinic"]).all()
     assert torch_item["target"].shape == (8,) and torch_item["meta"].shape == (20,)
+
+
+def test_wandb_logs_offline_without_credentials(roots, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))            # no ~/.netrc: no credentials
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = train(["data=pad_ufes", f"data.root={roots['pad_ufes']}", "logger=wandb", "group=table4_1"],
+                tmp_path / "run")
+    import wandb
+    assert wandb.run is None                              # finished: the next job opens its own run
+    runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert (run / "csv" / "metrics.csv").is_file()       # CSV is always written as well
+
+
+def test_image_cache_is_built_and_reused(roots, tmp_path):
+    args = ["data=pad_ufes", f"data.root={roots['pad_ufes']}", "data.cache.enabled=true", "data.cache.size=48",
+            f"data.cache.dir={tmp_path}/cache"]
+    a = json.loads((train(args, tmp_path / "a") / "metrics.json").read_text())
+    files = sorted((tmp_path / "cache").rglob("*.png"))
+    assert len(files) == 240
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    b = json.loads((train(args, tmp_path / "b") / "metrics.json").read_text())
+    assert [f.stat().st_mtime_ns for f in files] == mtimes and a["test"] == b["test"]

@@ -224,8 +224,10 @@ class SkinLesionDataModule(L.LightningDataModule):
         if part not in self.datasets:
             raise ConfigError(f"{self.dataset} has no '{part}' partition in this setting")
         ds = self.datasets[part]
+        # Drop the last training batch only when it would hold a single case (BatchNorm cannot train on it):
+        # every other case is seen every epoch, as in the reference recipe.
         return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
-                          drop_last=train and len(ds) > self.batch_size, num_workers=self.num_workers,
+                          drop_last=train and len(ds) % self.batch_size == 1, num_workers=self.num_workers,
                           pin_memory=self.pin_memory and torch.cuda.is_available(),
                           persistent_workers=self.persistent_workers and self.num_workers > 0)
 

@@ -1,0 +1,82 @@
+"""Model core: backbone factory (timm), shared multi-task head, loss composition, class weights."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from skinlesion.data.info import DataInfo
+from skinlesion.data.tasks import DERM7PT_TASKS, PAD_UFES_TASKS
+from skinlesion.errors import ConfigError
+from skinlesion.models import build_network
+from skinlesion.models.backbones import Backbone
+from skinlesion.models.heads import MultiTaskHead
+from skinlesion.module import MultiTaskModule, class_weights
+from tests.conftest import SHARED_DATA
+
+WEIGHTS = SHARED_DATA.parent / "weights" / "mobilenetv2_100.tv_in1k.pth"
+
+
+def test_pooled_features_and_stage_maps():
+    bb = Backbone("test_resnet")
+    x = torch.randn(2, 3, 64, 64)
+    assert bb(x).shape == (2, bb.num_features)
+    stages = bb.forward_stages(x)
+    assert [s.shape[1] for s in stages] == bb.stage_channels() and all(s.ndim == 4 for s in stages)
+    assert bb.thesis_param_count() == sum(p.numel() for p in bb.parameters()) + bb.num_features * 1000 + 1000
+
+
+def test_mobilenetv3_small_pools_576_without_conv_head():
+    with torch.device("meta"):
+        bb = Backbone("mobilenetv3_small_100")
+    assert bb.num_features == 576
+    assert bb.thesis_param_count() == 2542856          # METHODS §7 (classifier and conv head included)
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="shared ImageNet weights not available")
+def test_local_pretrained_file_is_loaded():
+    bb = Backbone("mobilenetv2_100", pretrained=str(WEIGHTS))
+    state = torch.load(WEIGHTS, map_location="cpu")
+    assert torch.equal(bb.model.conv_stem.weight, state["conv_stem.weight"])
+
+
+def test_pretrained_errors_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such weights file"):
+        Backbone("test_resnet", pretrained=str(tmp_path / "missing.pth"))
+    with pytest.raises(ConfigError, match="close matches"):
+        Backbone("resnet5O")
+
+
+def test_mlp_head_per_task_outputs():
+    head = MultiTaskHead(48, DERM7PT_TASKS, kind="mlp")
+    out = head(torch.randn(4, 48))
+    assert [o.shape[1] for o in out.values()] == [5, 3, 3, 3, 2, 3, 2, 3]
+    assert sum(p.numel() for p in MultiTaskHead(2048, DERM7PT_TASKS, kind="mlp").parameters()) == 1119128
+
+
+def test_class_weights_follow_reference_formula():
+    counts = np.array([730, 845, 52, 244, 192, 235])           # PAD whole set
+    assert class_weights(counts).tolist() == pytest.approx([3.148, 2.72, 44.192, 9.418, 11.969, 9.779], abs=1e-5)
+    assert class_weights(np.array([3, 0, 1]))[1] == 0          # a class absent from training
+
+
+def test_loss_is_weighted_sum_over_branches_and_tasks():
+    info = DataInfo("derm7pt", DERM7PT_TASKS[:2], ("derm",), 20)
+    net = build_network({"arch": "meta_only"}, None, info)
+    module = MultiTaskModule(net, info, branch_weights={"meta": 0.25}, report="meta",
+                             optim={"name": "sgd", "lr": 0.1})
+    logits = {"meta": {"DIAG": torch.randn(6, 5), "PN": torch.randn(6, 3)}}
+    y = torch.tensor([[0, 1], [1, 2], [2, 0], [3, 1], [4, 2], [0, 0]])
+    total, parts = module.loss(logits, y)
+    ce = torch.nn.functional.cross_entropy
+    expected = ce(logits["meta"]["DIAG"], y[:, 0]) + ce(logits["meta"]["PN"], y[:, 1])
+    assert torch.allclose(parts["meta"], expected) and torch.allclose(total, 0.25 * expected)
+
+
+def test_report_and_branch_weights_are_checked():
+    info = DataInfo("pad_ufes", PAD_UFES_TASKS, ("clinic",), 81)
+    net = build_network({"arch": "meta_only"}, None, info)
+    with pytest.raises(ConfigError, match="model.report='fusion'"):
+        MultiTaskModule(net, info, branch_weights={"meta": 1.0}, report="fusion", optim={"name": "sgd", "lr": 1})
+    with pytest.raises(ConfigError, match="branch_weights names \\['image'\\]"):
+        MultiTaskModule(net, info, branch_weights={"image": 1.0}, report="meta", optim={"name": "sgd", "lr": 1})
