@@ -85,7 +85,7 @@ class MultiTaskModule(L.LightningModule):
     def _collect(self, batch):
         probs, feats = self._probs(batch)
         rec = {"index": batch["index"], "target": batch["target"], "probs": probs}
-        if self.save_features:
+        if self.save_features and self.trainer.testing:
             rec["features"] = feats.float()
         self._outputs.append(rec)
 
@@ -102,7 +102,7 @@ class MultiTaskModule(L.LightningModule):
         target = torch.cat([o["target"] for o in outs])
         cols = {(br, t): torch.cat([o["probs"][br][t.name] for o in outs])
                 for br in outs[0]["probs"] for t in self.info.tasks}
-        feats = torch.cat([o["features"] for o in outs]) if self.save_features else None
+        feats = torch.cat([o["features"] for o in outs]) if "features" in outs[0] else None
         if self.trainer.world_size > 1:
             index = self.all_gather(index).flatten(0, 1)
             target = self.all_gather(target).flatten(0, 1)

@@ -6,24 +6,15 @@ A network maps a batch ``{"images": {key: (B,3,H,W)}, "meta": (B,M), ...}`` to
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from skinlesion.data.info import DataInfo
 from skinlesion.errors import ConfigError
+from skinlesion.registry import registrar
 
 MODEL_REGISTRY: dict[str, type] = {}
-
-
-def register_model(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        if name in MODEL_REGISTRY:
-            raise KeyError(f"model {name!r} registered twice")
-        cls.registry_name = name
-        MODEL_REGISTRY[name] = cls
-        return cls
-    return deco
+register_model = registrar(MODEL_REGISTRY, "model")
 
 
 def _as_dict(cfg: DictConfig | dict | None) -> dict:

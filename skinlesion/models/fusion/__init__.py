@@ -7,23 +7,16 @@ width raise ``ValueError`` naming the width and the requirement.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 
 from torch import nn
 
 from skinlesion.errors import ConfigError
+from skinlesion.registry import registrar
 
 FUSION_REGISTRY: dict[str, type[nn.Module]] = {}
 
 
-def register_fusion(name: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        if name in FUSION_REGISTRY:
-            raise KeyError(f"fusion module {name!r} registered twice")
-        cls.registry_name = name
-        FUSION_REGISTRY[name] = cls
-        return cls
-    return deco
+register_fusion = registrar(FUSION_REGISTRY, "fusion module")
 
 
 def require_divisible(module: str, img_dim: int, unit: int, meaning: str) -> int:
