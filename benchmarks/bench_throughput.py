@@ -67,7 +67,8 @@ def end_to_end(cfg, steps: int, warmup: int) -> float:
 def make_module(cfg, dm):
     network = build_network(cfg.model.net, cfg.backbone, dm.info)
     return MultiTaskModule(network, dm.info, branch_weights=dict(cfg.model.branch_weights), report=cfg.model.report,
-                           optim=cfg.optim.optimizer, scheduler=None, class_counts=dm.class_counts())
+                           optim=cfg.optim.optimizer, scheduler=None, class_counts=dm.class_counts(),
+                           normalize=dm.normalize)
 
 
 def raw_steps(cfg, dm, steps: int, warmup: int) -> float:
@@ -78,7 +79,7 @@ def raw_steps(cfg, dm, steps: int, warmup: int) -> float:
     opt = module.configure_optimizers()
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
     batch = next(iter(dm.train_dataloader()))
-    batch = L.pytorch.utilities.move_data_to_device(batch, device)
+    batch = module.on_after_batch_transfer(L.pytorch.utilities.move_data_to_device(batch, device), 0)
     amp = (torch.autocast(device.type, dtype=torch.bfloat16) if "bf16" in str(cfg.trainer.precision)
            else torch.autocast(device.type, dtype=torch.float16) if "16" in str(cfg.trainer.precision)
            else nullcontext())

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skinlesion.data.info import DataInfo
-from skinlesion.data.transforms import TTA_VIEWS, tta_views
+from skinlesion.data.transforms import TTA_VIEWS, normalize_batch, tta_views
 from skinlesion.errors import ConfigError
 from skinlesion.evaluation.metrics import evaluate_predictions, main_score
 
@@ -24,7 +24,7 @@ def class_weights(counts: np.ndarray) -> torch.Tensor:
 class MultiTaskModule(L.LightningModule):
     def __init__(self, network: nn.Module, info: DataInfo, branch_weights: dict[str, float], report: str,
                  optim: dict, scheduler: dict | None = None, class_counts: list[np.ndarray] | None = None,
-                 tta: str = "six", save_features: bool = False):
+                 tta: str = "six", save_features: bool = False, normalize: str = "imagenet"):
         super().__init__()
         self.network, self.info = network, info
         unknown = set(branch_weights) - set(network.branches)
@@ -36,7 +36,7 @@ class MultiTaskModule(L.LightningModule):
         self.branch_weights = {b: float(branch_weights.get(b, 0.0)) for b in network.branches}
         self.report, self.optim_cfg, self.sched_cfg = report, dict(optim), dict(scheduler or {})
         self.tta = tta_views(tta)
-        self.save_features = save_features
+        self.save_features, self.normalize = save_features, normalize
         for j, t in enumerate(info.tasks):
             w = class_weights(class_counts[j]) if class_counts is not None else None
             self.register_buffer(f"cw_{j}", w, persistent=False)
@@ -44,6 +44,12 @@ class MultiTaskModule(L.LightningModule):
         self.eval_views: tuple[str, ...] = ("identity",)
         self.predictions: pd.DataFrame | None = None
         self.features: np.ndarray | None = None
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        """Images arrive as uint8; normalise on the device."""
+        if "images" in batch:
+            batch["images"] = {k: normalize_batch(v, self.normalize) for k, v in batch["images"].items()}
+        return batch
 
     # --- loss ------------------------------------------------------------------------------------------
     def loss(self, logits: dict, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -76,7 +76,7 @@ def run(cfg: DictConfig, out: Path) -> dict:
         network, dm.info, branch_weights=OmegaConf.to_container(cfg.model.branch_weights, resolve=True),
         report=cfg.model.report, optim=cfg.optim.optimizer, scheduler=cfg.optim.scheduler,
         class_counts=dm.class_counts() if cfg.class_weighted else None, tta=cfg.tta,
-        save_features=cfg.save_features)
+        save_features=cfg.save_features, normalize=dm.normalize)
 
     ident = _identity(cfg)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from skinlesion.data.images import ImageCache, load_rgb
-from skinlesion.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TTA_VIEWS, geometric, to_tensor, tta_views
+from skinlesion.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, TTA_VIEWS, geometric, normalize_batch, to_tensor,
+                                       tta_views)
 
 
 def test_rgba_and_grey_become_rgb(tmp_path):
@@ -21,8 +22,10 @@ def test_rgba_and_grey_become_rgb(tmp_path):
 def test_normalisation_matches_imagenet_formula():
     img = np.random.default_rng(0).integers(0, 256, (9, 7, 3), dtype=np.uint8)
     ref = (img / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
-    assert np.allclose(to_tensor(img).numpy(), ref.transpose(2, 0, 1), atol=1e-6)
-    assert np.allclose(to_tensor(img, "raw_bgr").numpy(), img[..., ::-1].transpose(2, 0, 1) / 255.0)
+    x = to_tensor(img)
+    assert x.dtype == torch.uint8 and x.shape == (3, 9, 7)
+    assert np.allclose(normalize_batch(x[None]).numpy()[0], ref.transpose(2, 0, 1), atol=1e-6)
+    assert np.allclose(normalize_batch(x[None], "raw_bgr").numpy()[0], img[..., ::-1].transpose(2, 0, 1) / 255.0)
 
 
 def test_six_tta_views():

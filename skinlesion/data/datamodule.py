@@ -28,14 +28,13 @@ class CaseDataset(Dataset):
     """Cases of one partition; returns images (same geometric transform for all modalities), metadata, targets."""
 
     def __init__(self, table: CaseTable, positions: np.ndarray, keys: tuple[str, ...], meta: np.ndarray,
-                 image_size: int, train: bool, augment: dict, normalize: str,
-                 cached: dict[Path, Path] | None = None):
+                 image_size: int, train: bool, augment: dict, cached: dict[Path, Path] | None = None):
         self.table, self.positions, self.keys = table, positions, keys
         self.meta = torch.from_numpy(meta.astype(np.float32))
         self.targets = torch.from_numpy(table.targets[positions])
         self.geo = geometric(image_size, train, augment, extra_keys=keys[1:])
         self.photo = photometric(train, augment)
-        self.normalize, self.cached = normalize, cached or {}
+        self.cached = cached or {}
         # albumentations keeps its own random state, independent of the global seeds: derive it from the
         # (seeded) torch generator here, and per DataLoader worker from that worker's seed.
         self._seed_transforms(int(torch.randint(0, 2**31 - 1, (1,)).item()))
@@ -69,7 +68,7 @@ class CaseDataset(Dataset):
                 img = out["image" if k == self.keys[0] else k]
                 if self.photo is not None:
                     img = self.photo(image=img)["image"]
-                item["images"][k] = to_tensor(img, self.normalize)
+                item["images"][k] = to_tensor(img)
         return item
 
 
@@ -101,7 +100,9 @@ class SkinLesionDataModule(L.LightningDataModule):
         self.meta_variant = None if meta in (None, "none") else meta
         self.meta_clean, self.meta_fields, self.scale_numeric = meta_clean, meta_fields, scale_numeric
         self.split, self.split_seed, self.image_dir = split, split_seed, image_dir
-        self.missing_images, self.normalize = missing_images, normalize
+        if normalize not in ("imagenet", "raw_bgr"):
+            raise ConfigError(f"data.normalize={normalize!r}: expected 'imagenet' or 'raw_bgr'")
+        self.missing_images, self.normalize = missing_images, normalize   # applied on the device by the module
         self.augment = dict(augment or {})
         self.cache_cfg = dict(cache or {})
         self.progress = progress
@@ -206,7 +207,7 @@ class SkinLesionDataModule(L.LightningDataModule):
     def _make(self, part: str, cached) -> CaseDataset:
         pos = np.flatnonzero(self.partition == part)
         return CaseDataset(self.table, pos, self.input_keys, self.meta[pos], self.image_size, part == "train",
-                           self.augment, self.normalize, cached)
+                           self.augment, cached)
 
     # --- outputs ---------------------------------------------------------------------------------------
     def fold_frame(self) -> pd.DataFrame:
