@@ -31,8 +31,9 @@ class MultiTaskModule(L.LightningModule):
         if unknown:
             raise ConfigError(f"model.branch_weights names {sorted(unknown)}, but the network has branches "
                               f"{list(network.branches)}")
-        if report != "all" and report not in network.branches:
-            raise ConfigError(f"model.report={report!r}: expected 'all' or one of {list(network.branches)}")
+        if report not in ("all", "all_logits") and report not in network.branches:
+            raise ConfigError(f"model.report={report!r}: expected 'all', 'all_logits' or one of "
+                              f"{list(network.branches)}")
         self.branch_weights = {b: float(branch_weights.get(b, 0.0)) for b in network.branches}
         self.report, self.optim_cfg, self.sched_cfg = report, dict(optim), dict(scheduler or {})
         self.tta = tta_views(tta)

@@ -103,7 +103,8 @@ def run(cfg: DictConfig, out: Path) -> dict:
         if module.features is not None:
             np.savez_compressed(out / "predictions" / f"{part}_features.npz", case_id=frame["case_id"].to_numpy(),
                                 features=module.features, target=frame.iloc[:, 1].to_numpy())
-        combos = list(network.branches) + (["all"] if len(network.branches) > 1 else [])
+        combos = list(dict.fromkeys([*network.branches, *(["all"] if len(network.branches) > 1 else []),
+                                     cfg.model.report]))
         metrics[part] = {c: evaluate_predictions(frame, combination=c, dataset=dm.info.dataset) for c in combos}
     if trainer.global_rank == 0:
         write_json(out / "metrics.json", metrics)

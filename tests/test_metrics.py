@@ -2,6 +2,7 @@ import json
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_matrix, precision_score,
                              recall_score, roc_auc_score)
@@ -161,3 +162,18 @@ def test_evaluate_probs_equals_frame_path():
     b = evaluate_probs(P.targets(df), P.combine(df, {"derm": 2, "fusion": 1}), cls, "derm7pt", {"derm": 2, "fusion": 1})
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
     assert a["combination"] == {"derm": 2.0, "fusion": 1.0} and a["n"] == 90
+
+
+def test_all_logits_combination_equals_softmax_of_mean_logits():
+    """A-10's alternative JIF(All) reading is recovered exactly from the saved probabilities."""
+    from skinlesion.evaluation.predictions import combine
+    rng = np.random.default_rng(0)
+    logits = {b: rng.normal(size=(6, 3)) * 3 for b in ("image", "meta", "fusion")}
+    softmax = lambda z: np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)  # noqa: E731
+    cols = {"case_id": [str(i) for i in range(6)], "target/T": [0, 1, 2, 0, 1, 2]}
+    for b, z in logits.items():
+        for k in range(3):
+            cols[f"prob/{b}/T/c{k}"] = softmax(z)[:, k]
+    df = pd.DataFrame(cols)
+    assert np.allclose(combine(df, "all_logits")["T"], softmax(sum(logits.values()) / 3))
+    assert not np.allclose(combine(df, "all")["T"], combine(df, "all_logits")["T"])

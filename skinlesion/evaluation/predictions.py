@@ -78,10 +78,20 @@ def branch_probs(df: pd.DataFrame, branch: str) -> dict[str, np.ndarray]:
 
 def combine(df: pd.DataFrame, combination: Combination = "all") -> dict[str, np.ndarray]:
     """Per-task (N, K) probabilities of a branch, of ``"all"`` (unweighted mean over branches, the
-    JIF "All" output), or of a ``{branch: weight}`` mix. Weights are divided by their sum so the
-    result stays a probability distribution (argmax and AUC are unaffected by the scale)."""
+    JIF "All" output), of ``"all_logits"`` (A-10's alternative: softmax of the mean logits), or of a
+    ``{branch: weight}`` mix. Weights are divided by their sum so the result stays a probability
+    distribution (argmax and AUC are unaffected by the scale)."""
     names = branches(df)
     if isinstance(combination, str):
+        if combination == "all_logits":
+            # log p differs from the logits by a per-case constant, so softmax(mean log p) equals
+            # softmax(mean logits) exactly: the logit average is recoverable from saved probabilities.
+            out = {}
+            for b in names:
+                for t, p in branch_probs(df, b).items():
+                    out[t] = out.get(t, 0) + np.log(np.clip(p, 1e-300, None)) / len(names)
+            return {t: np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)
+                    for t, z in out.items()}
         if combination == "all":
             combination = {b: 1.0 for b in names}
         elif combination in names:
