@@ -20,6 +20,7 @@ import lightning as L
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 import skinlesion.config  # noqa: F401  (registers the config resolvers)
@@ -80,6 +81,8 @@ def run(cfg: DictConfig, out: Path) -> dict:
 
     ident = _identity(cfg)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not cfg.trainer.get("enable_progress_bar", True):   # the switch wins over the configured bar
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=_loggers(cfg, ident))
     trainer.fit(module, datamodule=dm)
 
