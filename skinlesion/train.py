@@ -21,6 +21,7 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 import skinlesion.config  # noqa: F401  (registers the config resolvers)
@@ -72,7 +73,8 @@ def run(cfg: DictConfig, out: Path) -> dict:
     network = build_network(cfg.model.net, cfg.backbone, dm.info)
     params = parameter_report(network, cfg.backbone, dm.info)
     log.info("parameters: %s", params)
-    dm.fold_frame().to_csv(out / "folds.csv", index=False, lineterminator="\n")
+    if rank_zero_only.rank == 0:
+        dm.fold_frame().to_csv(out / "folds.csv", index=False, lineterminator="\n")
     module = MultiTaskModule(
         network, dm.info, branch_weights=OmegaConf.to_container(cfg.model.branch_weights, resolve=True),
         report=cfg.model.report, optim=cfg.optim.optimizer, scheduler=cfg.optim.scheduler,
@@ -153,16 +155,20 @@ def execute(cfg: DictConfig) -> float | None:
     out.mkdir(parents=True, exist_ok=True)
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
+    # DDP ranks > 0 re-run this job in the same directory: only rank 0 writes the run's bookkeeping.
+    main_process = rank_zero_only.rank == 0
     record = {"status": "running", "error": None, **_identity(cfg),
               "overrides": list(hydra_cfg.overrides.task) if hydra_cfg is not None else []}
-    write_json(out / "run.json", record)
-    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
-    write_json(out / "environment.json", environment(Path(cfg.paths.root_dir)))
+    if main_process:
+        write_json(out / "run.json", record)
+        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        write_json(out / "environment.json", environment(Path(cfg.paths.root_dir)))
     try:
         metrics = run(cfg, out)
     except Exception as e:  # noqa: BLE001  (recorded, then reported in words or re-raised)
         record.update(status="failed", error=_clean_message(e))
-        write_json(out / "run.json", record)
+        if main_process:
+            write_json(out / "run.json", record)
         if isinstance(e, SkinLesionError) or type(e).__name__ in ("DataError", "ConfigError"):
             log.error("%s", _clean_message(e))
             if not multirun:
@@ -174,6 +180,8 @@ def execute(cfg: DictConfig) -> float | None:
         raise
     finally:
         _finish_wandb()
+    if not main_process:
+        return None
     record.update(status="completed", **{k: metrics[k] for k in ("main_metric", "params", "branches", "tasks")})
     write_json(out / "run.json", record)
     from skinlesion.evaluation.metrics import main_score
