@@ -130,6 +130,14 @@ def results_table(metrics: dict, info) -> str:
             cells += [tm["bac"], tm["acc"], tm["auc"]]
         lines.append(f"{t.name:<12}{100 / t.num_classes:>8.1f}" +
                      "".join(f"{100 * v:>10.1f}" if v is not None else f"{'n/a':>10}" for v in cells))
+    if len(info.tasks) > 1:
+        m = {p: metrics[p][rep] for p in parts}
+        lines.append("-" * len(head))
+        lines.append(f"{'AVG ACC':<12}{'':>8}" + "".join(f"{'':>10}{100 * m[p]['avg_acc']:>10.1f}{'':>10}"
+                                                         for p in parts))
+        if info.dataset == "derm7pt" and all(m[p].get("avg_auc") is not None for p in parts):
+            lines.append(f"{'AVG AUC(17)':<12}{'':>8}" + "".join(f"{'':>20}{100 * m[p]['avg_auc']:>10.1f}"
+                                                                 for p in parts))
     return "\n".join(lines)
 
 

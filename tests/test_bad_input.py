@@ -85,6 +85,12 @@ def test_model_needing_a_modality_the_dataset_lacks_fails_at_start(pad_root, tmp
         train(["data=pad_ufes", f"data.root={pad_root}", "model=meta_only", "data.meta=null"], tmp_path / "b")
 
 
+def test_metadata_holding_the_targets_is_refused(roots, tmp_path):
+    with pytest.raises(SystemExit, match=r"encodes the labels of task\(s\) \['PN', 'STR'"):
+        train(["data=derm7pt", f"data.root={roots['derm7pt']}", "model=jif_cat", "data.meta=m14",
+               "backbone=test_efficientnet"], tmp_path / "a")
+
+
 def test_unreadable_root_cli_prints_one_line_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "train.py", f"data.root={tmp_path}/nope", "backbone=test_resnet",
                            f"hydra.run.dir={tmp_path}/run"], cwd=REPO, capture_output=True, text=True, timeout=120)

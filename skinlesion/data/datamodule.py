@@ -108,7 +108,11 @@ class SkinLesionDataModule(L.LightningDataModule):
         self.progress = progress
         self.input_keys: tuple[str, ...] = keys   # narrowed to what the model reads (set_input_keys)
         self.table: CaseTable | None = None
-        self._info = DataInfo(dataset, select_tasks(dataset, self.task_names), keys, self._meta_dim())
+        tasks = select_tasks(dataset, self.task_names)
+        # m14 one-hot encodes the raw criteria (and their score): fine for diagnosis, a leak for criteria tasks.
+        leaks = tuple(t.name for t in tasks if t.name != "DIAG") if (dataset, self.meta_variant) == (
+            "derm7pt", "m14") else ()
+        self._info = DataInfo(dataset, tasks, keys, self._meta_dim(), leaks)
 
     # --- description known from the config alone ----------------------------------------------------
     def _meta_dim(self) -> int:
@@ -195,7 +199,7 @@ class SkinLesionDataModule(L.LightningDataModule):
         self.meta = enc.transform(self.table.frame)
         self.meta_columns = list(enc.columns)
         if self._info.meta_dim == -1:
-            self._info = DataInfo(self.dataset, self._info.tasks, self.image_keys, enc.dim)
+            self._info = DataInfo(self.dataset, self._info.tasks, self.image_keys, enc.dim, self._info.meta_leaks)
 
     def _build_cache(self) -> dict[Path, Path] | None:
         if not self.cache_cfg.get("enabled", False) or not self.input_keys:

@@ -12,6 +12,7 @@ class DataInfo:
     tasks: tuple[Task, ...]
     image_keys: tuple[str, ...]   # modalities the dataset provides, primary first: "clinic" and/or "derm"
     meta_dim: int                 # width of the encoded metadata vector (0: none)
+    meta_leaks: tuple[str, ...] = ()   # tasks whose labels the metadata encodes (models using it must refuse)
 
     @property
     def main_metric(self) -> str:
