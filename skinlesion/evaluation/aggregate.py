@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from . import predictions as P
 from .metrics import evaluate_predictions, main_score
@@ -40,30 +41,6 @@ METHOD_ORDER = (["Image"] + [f"JF-{m}" for m in _MODULES] + [f"JIF-{m}(OFB)" for
 
 # ----------------------------------------------------------------------------------- sweep parsing
 
-def _split_top(s: str, sep: str = ",") -> list[str]:
-    """Split on ``sep`` outside brackets, parentheses, braces and quotes."""
-    out, depth, quote, cur = [], 0, None, []
-    for ch in s:
-        if quote:
-            cur.append(ch)
-            if ch == quote:
-                quote = None
-            continue
-        if ch in "'\"":
-            quote = ch
-        elif ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == sep and depth == 0:
-            out.append("".join(cur).strip())
-            cur = []
-            continue
-        cur.append(ch)
-    out.append("".join(cur).strip())
-    return out
-
-
 def _unquote(v: str) -> str:
     v = str(v).strip()
     if len(v) >= 2 and v[0] == v[-1] and v[0] in "'\"":
@@ -71,28 +48,13 @@ def _unquote(v: str) -> str:
     return v
 
 
-def _num(s: str) -> float | int:
-    f = float(s)
-    return int(f) if f.is_integer() and "." not in s else f
+_PARSER = OverridesParser.create()
 
 
 def sweep_values(value: str) -> list[str] | None:
-    """The values a Hydra sweep override expands to, or None for a plain (non-sweep) value."""
-    v = str(value).strip()
-    m = re.fullmatch(r"range\((.*)\)", v)
-    if m:
-        args = [_num(a.strip().split("=")[-1]) for a in _split_top(m.group(1))]
-        start, stop, step = (0, args[0], 1) if len(args) == 1 else (args[0], args[1], args[2] if len(args) > 2 else 1)
-        vals, x = [], start
-        while (step > 0 and x < stop) or (step < 0 and x > stop):
-            vals.append(str(x))
-            x += step
-        return vals
-    m = re.fullmatch(r"choice\((.*)\)", v)
-    if m:
-        return [_unquote(a) for a in _split_top(m.group(1))]
-    parts = _split_top(v)
-    return [_unquote(p) for p in parts] if len(parts) > 1 else None
+    """The values a Hydra sweep override expands to (Hydra's own parser), or None for a plain value."""
+    override = _PARSER.parse_override(f"key={value}")
+    return list(override.sweep_string_iterator()) if override.is_sweep_override() else None
 
 
 def _override_key(key: str) -> str:
