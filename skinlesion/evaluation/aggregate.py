@@ -207,14 +207,15 @@ def run_outputs(job: Job, pred_branches: Sequence[str]) -> list[tuple[str, objec
     """(display label, combination) pairs reported for a run.
 
     JIF models (image + meta + fusion branches) report OFB = fusion branch and All = mean of all
-    three; other models report their ``reported`` combination under the method name; a run that has
+    three (of the logits when the run reported ``all_logits``); other models report their ``reported`` combination under the method name; a run that has
     ``search/`` outputs also reports the searched fusion.
     """
     info = job.info
     method = info.get("method") or info.get("model") or "?"
     branches = list(info.get("branches") or pred_branches)
     if JIF_BRANCHES <= set(branches) and len(branches) == 3:
-        out = [(f"{method}(OFB)", "fusion"), (f"{method}(All)", "all")]
+        all_space = "all_logits" if info.get("reported") == "all_logits" else "all"   # A-10 reading
+        out = [(f"{method}(OFB)", "fusion"), (f"{method}(All)", all_space)]
     else:
         reported = info.get("reported") or ("all" if len(branches) > 1 else branches[0])
         out = [(method, reported)]
