@@ -10,12 +10,11 @@ the same weights on the small grid and prints candidates, seconds, candidates/s 
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 
 import numpy as np
 
-from skinlesion.evaluation.search import search_simplex
+from skinlesion.evaluation.search import search_simplex, search_simplex_loop
 
 CLASS_COUNTS = [5, 3, 3, 3, 2, 3, 2, 3]
 
@@ -36,26 +35,6 @@ def make_problem(n: int, seed: int = 0):
     return preds, y
 
 
-def brute_force(preds, y, grid_n, low=0.05):
-    g = np.linspace(low, 1.0, grid_n)
-    seen, best, best_w, count = set(), -1, None, 0
-    for i, j, k in itertools.product(range(grid_n), repeat=3):
-        s = g[i] + g[j] + g[k]
-        w = (g[i] / s, g[j] / s, g[k] / s)
-        key = tuple(np.round(w, 9))
-        if key in seen:
-            continue
-        seen.add(key)
-        count += 1
-        correct = 0
-        for t in y:
-            fused = w[0] * preds[0][t] + w[1] * preds[1][t] + w[2] * preds[2][t]
-            correct += int(np.sum(fused.argmax(1) == y[t]))
-        if correct > best:
-            best, best_w = correct, w
-    return best_w, best, count
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", type=int, default=400)
@@ -70,7 +49,7 @@ def main() -> None:
               f"({w[0]:.4f}, {w[1]:.4f}, {w[2]:.4f}) / {100 * score:.2f}%")
 
     t0 = time.perf_counter()
-    bw, bcorrect, bn = brute_force(preds, y, args.small_grid)
+    bw, bcorrect, _, bn = search_simplex_loop(preds, y, args.small_grid)
     bsec = time.perf_counter() - t0
     total = args.cases * len(CLASS_COUNTS)
     row("python loop (brute force)", args.small_grid, bn, bsec, bw, bcorrect / total)

@@ -1,4 +1,3 @@
-import itertools
 import json
 
 import numpy as np
@@ -25,33 +24,11 @@ def _problem(seed, n=60, quantise=None):
     return preds, y
 
 
-def brute_force_simplex(preds, y, grid_n, low=0.05):
-    """Algorithm 1 as a plain loop: lexicographic, dedup at 1e-9, first strict max."""
-    g = np.linspace(low, 1.0, grid_n)
-    seen, best, best_w, best_idx, idx = set(), -1, None, None, -1
-    for i, j, k in itertools.product(range(grid_n), repeat=3):
-        s = g[i] + g[j] + g[k]
-        w = (g[i] / s, g[j] / s, g[k] / s)
-        key = tuple(np.round(w, 9))
-        if key in seen:
-            continue
-        seen.add(key)
-        idx += 1
-        # every task has the same cases, so the summed correct count orders candidates like mean ACC
-        correct = 0
-        for t in y:
-            fused = w[0] * preds[0][t] + w[1] * preds[1][t] + w[2] * preds[2][t]
-            correct += int(np.sum(fused.argmax(1) == y[t]))
-        if correct > best:
-            best, best_w, best_idx = correct, w, idx
-    return best_w, best, best_idx, idx + 1
-
-
 @pytest.mark.parametrize("seed,grid_n,quantise", [(0, 8, None), (1, 10, None), (2, 8, 10), (3, 9, 4)])
 @pytest.mark.parametrize("method", ["sweep", "exact"])
 def test_simplex_search_matches_brute_force(seed, grid_n, quantise, method):
     preds, y = _problem(seed, quantise=quantise)
-    w, correct, idx, n_cand = brute_force_simplex(preds, y, grid_n)
+    w, correct, idx, n_cand = S.search_simplex_loop(preds, y, grid_n)
     res = S.search_simplex(preds, y, grid_n, method=method)
     assert res.n_candidates == n_cand
     assert res.index == idx

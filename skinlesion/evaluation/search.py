@@ -20,6 +20,8 @@ the lexicographic tie-break is well defined. Two scorers exist:
 """
 from __future__ import annotations
 
+import itertools
+
 import argparse
 import json
 import os
@@ -211,6 +213,32 @@ def search_simplex(preds: Sequence[Preds], y: Mapping[str, np.ndarray], grid_n: 
     best = int(np.argmax(correct))  # first maximum = lexicographic tie-break
     return SearchResult([float(v) for v in weights[best]], float(correct[best]) / (n * len(tasks)),
                         int(correct[best]), best, len(weights), method)
+
+
+def search_simplex_loop(preds: Sequence[Preds], y: Mapping[str, np.ndarray], grid_n: int = 50, low: float = 0.05):
+    """Algorithm 1 as a plain Python loop (lexicographic, dedup at 1e-9, first strict max): the slow
+    reference that the vectorised search is tested and benchmarked against.
+
+    Returns (weights, correct count, candidate index, number of candidates).
+    """
+    g = np.linspace(low, 1.0, grid_n)
+    seen, best, best_w, best_idx, idx = set(), -1, None, None, -1
+    for i, j, k in itertools.product(range(grid_n), repeat=3):
+        s = g[i] + g[j] + g[k]
+        w = (g[i] / s, g[j] / s, g[k] / s)
+        key = tuple(np.round(w, 9))
+        if key in seen:
+            continue
+        seen.add(key)
+        idx += 1
+        # every task has the same cases, so the summed correct count orders candidates like mean ACC
+        correct = 0
+        for t in y:
+            fused = w[0] * preds[0][t] + w[1] * preds[1][t] + w[2] * preds[2][t]
+            correct += int(np.sum(fused.argmax(1) == y[t]))
+        if correct > best:
+            best, best_w, best_idx = correct, w, idx
+    return best_w, best, best_idx, idx + 1
 
 
 def search_line(p1: Preds, p2: Preds, y: Mapping[str, np.ndarray], n_steps: int = 100) -> SearchResult:
