@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 import hydra
@@ -29,6 +30,11 @@ from skinlesion.errors import SkinLesionError
 from skinlesion.provenance import environment, write_json
 
 log = logging.getLogger("skinlesion")
+
+# Not actionable for users: a Lightning/torch deprecation inside Lightning, and the notice that the module's
+# (intended) uint8 -> float device transfer hook is used although a DataModule is passed.
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer`")
 
 
 def _identity(cfg: DictConfig) -> dict:
