@@ -182,7 +182,6 @@ class SkinLesionDataModule(L.LightningDataModule):
         log.warning("%s; skipping them (data.missing_images=skip). Per partition: %s", msg,
                     pd.Series(partition[missing]).value_counts().to_dict())
         keep = ~missing
-        self.skipped = table.case_ids[missing]
         return table.subset(keep), partition[keep], fold_col[keep]
 
     def _fit_meta(self) -> None:
