@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skinlesion.data.splits import lesion_key, pad_ufes_folds
 from skinlesion.data.table import CaseTable, index_files, map_labels, read_csv
 from skinlesion.data.tasks import PAD_UFES_TASKS
 
@@ -22,13 +23,12 @@ def read(root: Path, **_: object) -> CaseTable:
     found = index_files([root / f for f in IMAGE_FOLDERS])
     # Unfound images keep a descriptive placeholder path so that the error can say where we looked.
     images = [found.get(name, root / "images" / "imgs_part_{1,2,3}" / name) for name in df["img_id"].astype(str)]
-    groups = (df["patient_id"].astype(str) + "/" + df["lesion_id"].astype(str)).to_numpy()
+    groups = lesion_key(df)
     return CaseTable(NAME, path, df, df["img_id"].astype(str).to_numpy(), TASKS, targets,
                      {"clinic": images}, groups)
 
 
 def folds(table: CaseTable, split: str = "stratified", seed: int = 8) -> np.ndarray:
-    from skinlesion.data.splits import pad_ufes_folds
     if split not in ("stratified", "lesion_grouped"):
         raise ValueError(f"data.split={split!r}: expected 'stratified' or 'lesion_grouped'")
     groups = table.groups if split == "lesion_grouped" else None
