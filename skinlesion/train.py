@@ -147,8 +147,17 @@ def results_table(metrics: dict, info) -> str:
     return "\n".join(lines)
 
 
+def _user_error(e: BaseException) -> SkinLesionError | None:
+    """The project's own error behind ``e``, if any (Hydra's instantiate wraps exceptions it calls into)."""
+    while e is not None:
+        if isinstance(e, SkinLesionError):
+            return e
+        e = e.__cause__
+    return None
+
+
 def _clean_message(e: BaseException) -> str:
-    msg = str(e)
+    msg = str(_user_error(e) or e)
     # Errors raised inside DataLoader workers arrive wrapped with the worker's traceback.
     if "Original Traceback" in msg:
         msg = msg.strip().splitlines()[-1].split(": ", 1)[-1]
@@ -180,13 +189,14 @@ def execute(cfg: DictConfig) -> float | None:
     try:
         metrics = run(cfg, out)
     except Exception as e:  # noqa: BLE001  (recorded, then reported in words or re-raised)
-        record.update(status="failed", error=_clean_message(e))
+        message = _clean_message(e)
+        record.update(status="failed", error=message)
         if main_process:
             write_json(out / "run.json", record)
-        if isinstance(e, SkinLesionError) or type(e).__name__ in ("DataError", "ConfigError"):
-            log.error("%s", _clean_message(e))
+        if _user_error(e) is not None:
+            log.error("%s", message)
             if not multirun:
-                raise SystemExit(f"error: {_clean_message(e)}") from None
+                raise SystemExit(f"error: {message}") from None
             return None
         if multirun:   # keep the sweep going; the report lists this run as failed
             log.error("run failed:\n%s", traceback.format_exc())

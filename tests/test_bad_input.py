@@ -104,3 +104,7 @@ def test_bad_fold_and_unknown_backbone_are_config_errors(pad_root, tmp_path):
         train(["data=pad_ufes", f"data.root={pad_root}", "data.fold=7"], tmp_path / "a")
     with pytest.raises(SystemExit, match=r"backbone\.name='resnet5O' is not a timm model"):
         train(["data=pad_ufes", f"data.root={pad_root}", "backbone.name=resnet5O"], tmp_path / "b")
+    # raised inside Hydra's instantiate of the DataModule: still the project's message, not Hydra's wrapper
+    with pytest.raises(SystemExit, match=r"^error: data\.normalize='bgr': expected 'imagenet' or 'raw_bgr'$"):
+        train(["data=pad_ufes", f"data.root={pad_root}", "data.normalize=bgr"], tmp_path / "c")
+    assert run_record(tmp_path / "c")["error"] == "data.normalize='bgr': expected 'imagenet' or 'raw_bgr'"
