@@ -89,6 +89,10 @@ def test_metadata_holding_the_targets_is_refused(roots, tmp_path):
     with pytest.raises(SystemExit, match=r"encodes the labels of task\(s\) \['PN', 'STR'"):
         train(["data=derm7pt", f"data.root={roots['derm7pt']}", "model=jif_cat", "data.meta=m14",
                "backbone=test_efficientnet"], tmp_path / "a")
+    # the rule follows the fields, so a custom field list that names a criterion is refused as well
+    with pytest.raises(SystemExit, match=r"encodes the labels of task\(s\) \['PN'\]"):
+        train(["data=derm7pt", f"data.root={roots['derm7pt']}", "model=meta_only",
+               "data.meta_fields=[pigment_network,sex]"], tmp_path / "b")
 
 
 def test_unreadable_root_cli_prints_one_line_no_traceback(tmp_path):

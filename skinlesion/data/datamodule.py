@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from skinlesion.data import derm7pt, isic2019, pad_ufes
 from skinlesion.data.images import ImageCache, load_rgb
 from skinlesion.data.info import DataInfo
-from skinlesion.data.metadata import build_meta_encoder, meta_dim
+from skinlesion.data.metadata import build_meta_encoder
 from skinlesion.data.table import CaseTable, check_root
-from skinlesion.data.tasks import select_tasks
+from skinlesion.data.tasks import DERM7PT_TASK_COLUMNS, select_tasks
 from skinlesion.data.transforms import geometric, photometric, to_tensor
 from skinlesion.errors import ConfigError, DataError
 
@@ -109,22 +109,25 @@ class SkinLesionDataModule(L.LightningDataModule):
         self.input_keys: tuple[str, ...] = keys   # narrowed to what the model reads (set_input_keys)
         self.table: CaseTable | None = None
         tasks = select_tasks(dataset, self.task_names)
-        # m14 one-hot encodes the raw criteria (and their score): fine for diagnosis, a leak for criteria tasks.
-        leaks = tuple(t.name for t in tasks if t.name != "DIAG") if (dataset, self.meta_variant) == (
-            "derm7pt", "m14") else ()
-        self._info = DataInfo(dataset, tasks, keys, self._meta_dim(), leaks)
+        dim, fields = self._describe_meta()
+        # A task whose label column is also a metadata field (derm7pt m14 holds the raw criteria) would leak.
+        leaks = tuple(t.name for t in tasks
+                      if dataset == "derm7pt" and DERM7PT_TASK_COLUMNS.get(t.name) in fields)
+        self._info = DataInfo(dataset, tasks, keys, dim, leaks)
 
     # --- description known from the config alone ----------------------------------------------------
-    def _meta_dim(self) -> int:
+    def _describe_meta(self) -> tuple[int, list[str]]:
+        """Width of the encoded metadata and the CSV fields it reads (-1: learned vocabulary, known after setup)."""
         if self.meta_variant is None:
-            return 0
+            return 0, []
         if self.meta_fields:
-            return -1   # learned vocabulary: known after setup()
+            return -1, list(self.meta_fields)
         variant = None if self.meta_variant == "default" else self.meta_variant
         try:
-            return meta_dim(self.dataset, variant, self.meta_clean)
+            enc = build_meta_encoder(self.dataset, variant, self.meta_clean)
         except ValueError as e:
             raise ConfigError(f"data.meta: {e}") from None
+        return enc.dim, enc.field_names
 
     @property
     def info(self) -> DataInfo:

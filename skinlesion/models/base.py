@@ -33,8 +33,8 @@ class Network(nn.Module):
                               "is configured without metadata (data.meta is null)")
         if cls.uses_meta(cfg) and info.meta_leaks:
             raise ConfigError(f"model '{cls.registry_name}' reads metadata that encodes the labels of task(s) "
-                              f"{list(info.meta_leaks)} it predicts (derm7pt m14 holds the seven criteria and the "
-                              "7-point score): use data.meta=m20, or data.tasks=[DIAG] for the chapter-4 setting")
+                              f"{list(info.meta_leaks)} it predicts (derm7pt m14 holds the seven raw criteria): "
+                              "use data.meta=m20, or data.tasks=[DIAG] for the chapter-4 setting")
 
     def param_counts(self) -> dict[str, int]:
         total = sum(p.numel() for p in self.parameters())
