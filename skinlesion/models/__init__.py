@@ -6,7 +6,6 @@ A network maps a batch ``{"images": {key: (B,3,H,W)}, "meta": (B,M), ...}`` to
 """
 from __future__ import annotations
 
-
 from omegaconf import DictConfig, OmegaConf
 
 from skinlesion.data.info import DataInfo
@@ -51,8 +50,10 @@ def parameter_report(network, backbone_cfg: DictConfig | dict | None, info: Data
     """The network's parameter counts and, for image models, the increase over image-only on the same backbone."""
     import torch
 
+    from skinlesion.models.backbones import Backbone
+
     counts = network.param_counts()
-    if any(type(m).__name__ == "Backbone" for m in network.modules()):
+    if any(isinstance(m, Backbone) for m in network.modules()):
         bb = {**_as_dict(backbone_cfg), "pretrained": False}
         with torch.device("meta"):   # counted without allocating or loading weights
             ref = MODEL_REGISTRY["image_only"](info=info, backbone=bb).param_counts()
