@@ -12,6 +12,7 @@ from skinlesion.data.info import DataInfo
 from skinlesion.data.transforms import TTA_VIEWS, normalize_batch, tta_views
 from skinlesion.errors import ConfigError
 from skinlesion.evaluation.metrics import evaluate_predictions, main_score
+from skinlesion.evaluation.predictions import to_frame
 
 
 def class_weights(counts: np.ndarray) -> torch.Tensor:
@@ -44,6 +45,7 @@ class MultiTaskModule(L.LightningModule):
         self._outputs: list[dict] = []
         self.eval_views: tuple[str, ...] = ("identity",)
         self.predictions: pd.DataFrame | None = None
+        self.case_ids: np.ndarray | None = None   # dataset row -> case id, for the saved predictions
         self.features: np.ndarray | None = None
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
@@ -103,7 +105,8 @@ class MultiTaskModule(L.LightningModule):
         self._collect(batch)
 
     def _gather_frame(self) -> pd.DataFrame:
-        """Outputs of all ranks as one frame, one row per case (DDP padding duplicates removed)."""
+        """Outputs of all ranks in the saved predictions schema, one row per case (DDP padding duplicates
+        removed); ``case_id`` is the dataset's own id when ``case_ids`` is set, else the row index."""
         outs, self._outputs = self._outputs, []
         index = torch.cat([o["index"] for o in outs])
         target = torch.cat([o["target"] for o in outs])
@@ -117,15 +120,13 @@ class MultiTaskModule(L.LightningModule):
             feats = None if feats is None else self.all_gather(feats).flatten(0, 1)
         index_np = index.cpu().numpy()
         _, first = np.unique(index_np, return_index=True)
-        data = {"index": index_np[first]}
-        for j, t in enumerate(self.info.tasks):
-            data[f"target/{t.name}"] = target[:, j].cpu().numpy()[first]
+        ids = index_np[first] if self.case_ids is None else self.case_ids[index_np[first]]
+        targets = {t.name: target[:, j].cpu().numpy()[first] for j, t in enumerate(self.info.tasks)}
+        probs: dict = {}
         for (br, t), p in cols.items():
-            p = p.cpu().numpy()[first]
-            for c, cls in enumerate(t.classes):
-                data[f"prob/{br}/{t.name}/{cls}"] = p[:, c]
+            probs.setdefault(br, {})[t.name] = p.cpu().numpy()[first]
         self.features = None if feats is None else feats.cpu().numpy()[first]
-        return pd.DataFrame(data)
+        return to_frame(ids, targets, probs, {t.name: list(t.classes) for t in self.info.tasks})
 
     def on_validation_epoch_end(self):
         if not self._outputs:

@@ -86,6 +86,7 @@ def run(cfg: DictConfig, out: Path) -> dict:
         report=cfg.model.report, optim=cfg.optim.optimizer, scheduler=cfg.optim.scheduler,
         class_counts=dm.class_counts() if cfg.class_weighted else None, tta=cfg.tta,
         save_features=cfg.save_features, normalize=dm.normalize)
+    module.case_ids = dm.table.case_ids
 
     ident = _identity(cfg)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
@@ -109,7 +110,6 @@ def run(cfg: DictConfig, out: Path) -> dict:
         if trainer.global_rank != 0:
             continue
         frame = module.predictions
-        frame.insert(0, "case_id", dm.table.case_ids[frame.pop("index").to_numpy()])
         frame.to_parquet(out / "predictions" / f"{part}.parquet", index=False)
         if module.features is not None:
             np.savez_compressed(out / "predictions" / f"{part}_features.npz", case_id=frame["case_id"].to_numpy(),
