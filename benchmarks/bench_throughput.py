@@ -16,16 +16,13 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import hydra
 import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from skinlesion.data.synthetic import generate
-from skinlesion.models import build_network, required_inputs
-from skinlesion.module import MultiTaskModule
-from skinlesion.train import CONFIG_DIR
+from skinlesion.train import CONFIG_DIR, build_module, prepare_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,10 +48,8 @@ class StepTimer(L.Callback):
 
 
 def end_to_end(cfg, steps: int, warmup: int) -> float:
-    dm = hydra.utils.instantiate(cfg.data, _convert_="all")
-    dm.set_input_keys(required_inputs(cfg.model.net, dm.info))
-    dm.setup()
-    module = make_module(cfg, dm)
+    dm = prepare_data(cfg)
+    module = build_module(cfg, dm)
     timer = StepTimer(warmup)
     trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
                         max_epochs=1, limit_train_batches=steps + warmup, limit_val_batches=0, logger=False,
@@ -64,18 +59,11 @@ def end_to_end(cfg, steps: int, warmup: int) -> float:
     return timer.images / (timer.t1 - timer.t0), dm
 
 
-def make_module(cfg, dm):
-    network = build_network(cfg.model.net, cfg.backbone, dm.info)
-    return MultiTaskModule(network, dm.info, branch_weights=dict(cfg.model.branch_weights), report=cfg.model.report,
-                           optim=cfg.optim.optimizer, scheduler=None, class_counts=dm.class_counts(),
-                           normalize=dm.normalize)
-
-
 def raw_steps(cfg, dm, steps: int, warmup: int) -> float:
     """The same network, loss and optimizer on one batch kept on the device: the ceiling for the loop."""
     device = torch.device("cuda" if cfg.trainer.accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
                           else "cpu")
-    module = make_module(cfg, dm).to(device).train()
+    module = build_module(cfg, dm).to(device).train()
     opt = module.configure_optimizers()
     opt = opt["optimizer"] if isinstance(opt, dict) else opt
     batch = next(iter(dm.train_dataloader()))

@@ -65,28 +65,44 @@ def _loggers(cfg: DictConfig, ident: dict) -> list:
     return loggers
 
 
-def run(cfg: DictConfig, out: Path) -> dict:
-    """One training job; returns the metrics written to ``out/metrics.json``."""
-    from skinlesion.evaluation.metrics import evaluate_predictions
-    from skinlesion.models import build_network, parameter_report, required_inputs
-    from skinlesion.module import MultiTaskModule
+def prepare_data(cfg: DictConfig):
+    """The DataModule, set up for the configured model (checked against the dataset before any file is read)."""
+    from skinlesion.models import required_inputs
 
-    L.seed_everything(cfg.seed, workers=True)
     dm = hydra.utils.instantiate(cfg.data, _convert_="all")
-    # Fail before any file is read when the model needs a modality the dataset lacks.
     dm.set_input_keys(required_inputs(cfg.model.net, dm.info))
     dm.setup()
+    return dm
+
+
+def build_module(cfg: DictConfig, dm):
+    """The configured network inside the LightningModule, with class weights from ``dm``'s training split."""
+    from skinlesion.models import build_network
+    from skinlesion.module import MultiTaskModule
+
     network = build_network(cfg.model.net, cfg.backbone, dm.info)
-    params = parameter_report(network, cfg.backbone, dm.info)
-    log.info("parameters: %s", params)
-    if rank_zero_only.rank == 0:
-        dm.fold_frame().to_csv(out / "folds.csv", index=False, lineterminator="\n")
     module = MultiTaskModule(
         network, dm.info, branch_weights=OmegaConf.to_container(cfg.model.branch_weights, resolve=True),
         report=cfg.model.report, optim=cfg.optim.optimizer, scheduler=cfg.optim.scheduler,
         class_counts=dm.class_counts() if cfg.class_weighted else None, tta=cfg.tta,
         save_features=cfg.save_features, normalize=dm.normalize)
     module.case_ids = dm.table.case_ids
+    return module
+
+
+def run(cfg: DictConfig, out: Path) -> dict:
+    """One training job; returns the metrics written to ``out/metrics.json``."""
+    from skinlesion.evaluation.metrics import evaluate_predictions
+    from skinlesion.models import parameter_report
+
+    L.seed_everything(cfg.seed, workers=True)
+    dm = prepare_data(cfg)
+    module = build_module(cfg, dm)
+    network = module.network
+    params = parameter_report(network, cfg.backbone, dm.info)
+    log.info("parameters: %s", params)
+    if rank_zero_only.rank == 0:
+        dm.fold_frame().to_csv(out / "folds.csv", index=False, lineterminator="\n")
 
     ident = _identity(cfg)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
