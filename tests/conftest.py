@@ -51,11 +51,12 @@ def roots(pad_root, isic_root, derm7pt_root) -> dict[str, Path]:
     return {"pad_ufes": pad_root, "isic2019": isic_root, "derm7pt": derm7pt_root, "derm7pt_ch4": derm7pt_root}
 
 
-def compose_cfg(overrides: list[str], out: Path):
+def compose_cfg(overrides: list[str], out: Path, with_hydra: bool = False):
+    """The config ``python train.py OVERRIDES`` would run (``with_hydra``: including the hydra node)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("train", overrides=[*overrides, f"paths.root_dir={REPO}", f"paths.output_dir={out}",
-                                           f"paths.cache_dir={out}/cache"])
+                                           f"paths.cache_dir={out}/cache"], return_hydra_config=with_hydra)
 
 
 def train(overrides: list[str], out: Path, tiny: bool = True) -> Path:

@@ -83,12 +83,8 @@ def test_demo_preset_runs(pad_root, tmp_path):
 
 
 @pytest.mark.parametrize("launcher,target", [("slurm", "SlurmLauncher"), ("local_gpus", "LocalLauncher")])
-def test_launcher_presets_compose(launcher, target):
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=table4_1", f"launcher={launcher}"], return_hydra_config=True)
+def test_launcher_presets_compose(launcher, target, tmp_path):
+    cfg = compose_cfg(["experiment=table4_1", f"launcher={launcher}"], tmp_path, with_hydra=True)
     assert cfg.hydra.launcher._target_.endswith(target)
     assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.trainer.precision == "bf16-mixed"
     assert cfg.hydra.sweeper.params["data.fold"] == "0,1,2,3,4"
