@@ -1,22 +1,33 @@
 """The one LightningModule: trains any registered network with the multi-branch, multi-task loss."""
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
 
 from skinlesion.data.info import DataInfo
 from skinlesion.data.transforms import TTA_VIEWS, normalize_batch, tta_views
-from skinlesion.errors import ConfigError
-from skinlesion.evaluation.metrics import evaluate_predictions, main_score
+from skinlesion.errors import ConfigError, SkinLesionError
 from skinlesion.evaluation.predictions import to_frame
 
 
+class LossDiverged(SkinLesionError):
+    """The training loss became NaN or infinite; carries where, so the run record can say so."""
+
+    def __init__(self, epoch: int, step: int, value: float):
+        self.epoch, self.step, self.value = epoch, step, value
+        super().__init__(f"loss diverged at epoch {epoch}, step {step} (loss={value}); training stopped. "
+                         f"A lower learning rate (optim.optimizer.lr) usually helps")
+
+
 def class_weights(counts: np.ndarray) -> torch.Tensor:
-    """w_c = round(N / N_c, 3) from the training split (METHODS §1.2); a class absent from training gets 0."""
+    """w_c = round(N / N_c, 3) from the training split; a class absent from training gets 0."""
     n = counts.sum()
     w = np.where(counts > 0, np.round(n / np.maximum(counts, 1), 3), 0.0)
     return torch.tensor(w, dtype=torch.float32)
@@ -42,6 +53,11 @@ class MultiTaskModule(L.LightningModule):
         for j, t in enumerate(info.tasks):
             w = class_weights(class_counts[j]) if class_counts is not None else None
             self.register_buffer(f"cw_{j}", w, persistent=False)
+        # Per-epoch validation: one confusion matrix per task (torchmetrics sums it across DDP ranks). BAC and
+        # ACC are read from it with the offline definitions (recall averaged over the classes present), which
+        # macro-averaged MulticlassAccuracy does not match when a class is predicted but absent from the split.
+        self.val_confusion = nn.ModuleList(MulticlassConfusionMatrix(num_classes=t.num_classes, validate_args=False)
+                                           for t in info.tasks)
         self._outputs: list[dict] = []
         self.eval_views: tuple[str, ...] = ("identity",)
         self.predictions: pd.DataFrame | None = None
@@ -66,6 +82,13 @@ class MultiTaskModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         out = self.network(batch)
         loss, parts = self.loss(out["logits"], batch["target"])
+        # Stop at the step that diverges rather than after a wasted epoch (one host sync per step). Under DDP
+        # every rank takes the same decision, so no rank is left waiting in the gradient all-reduce.
+        finite = bool(torch.isfinite(loss.detach()))
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            raise LossDiverged(self.current_epoch, self.global_step, float(loss.detach()))
         bs = batch["target"].shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs)
         for b, v in parts.items():
@@ -73,10 +96,13 @@ class MultiTaskModule(L.LightningModule):
         return loss
 
     # --- evaluation: per-epoch validation (identity view) and final TTA passes ------------------------
-    def _probs(self, batch) -> tuple[dict, torch.Tensor]:
-        """Softmax probabilities per branch and task averaged over ``eval_views`` (same view for all images)."""
+    def tta_outputs(self, batch) -> tuple[dict, dict, torch.Tensor]:
+        """Per branch and task, the softmax probabilities and the logits, each averaged over ``eval_views``
+        (the same view for all images of a case), and the fused features of the first view."""
         probs: dict = {}
+        logits: dict = {}
         feats = None
+        n = len(self.eval_views)
         for view in self.eval_views:
             fn = TTA_VIEWS[view]
             b = dict(batch)
@@ -86,23 +112,55 @@ class MultiTaskModule(L.LightningModule):
             if feats is None:
                 feats = out["features"]
             for br, per_task in out["logits"].items():
-                acc = probs.setdefault(br, {})
+                p_acc, z_acc = probs.setdefault(br, {}), logits.setdefault(br, {})
                 for t, z in per_task.items():
-                    acc[t] = acc.get(t, 0) + z.float().softmax(-1) / len(self.eval_views)
-        return probs, feats
+                    z = z.float()
+                    p_acc[t] = p_acc.get(t, 0) + z.softmax(-1) / n
+                    z_acc[t] = z_acc.get(t, 0) + z / n
+        return probs, logits, feats
 
-    def _collect(self, batch):
-        probs, feats = self._probs(batch)
-        rec = {"index": batch["index"], "target": batch["target"], "probs": probs}
-        if self.save_features and self.trainer.testing:
-            rec["features"] = feats.float()
-        self._outputs.append(rec)
+    def combined_probs(self, probs: dict, logits: dict) -> dict[str, torch.Tensor]:
+        """Per task, the probabilities of the reported output: a branch, ``all`` (mean of the branch
+        probabilities) or ``all_logits`` (softmax of the mean branch logits)."""
+        if self.report == "all":
+            return {t.name: sum(probs[b][t.name] for b in probs) / len(probs) for t in self.info.tasks}
+        if self.report == "all_logits":
+            return {t.name: (sum(logits[b][t.name] for b in logits) / len(logits)).softmax(-1)
+                    for t in self.info.tasks}
+        return probs[self.report]
 
     def validation_step(self, batch, batch_idx):
-        self._collect(batch)
+        probs, logits, _ = self.tta_outputs(batch)
+        for j, t in enumerate(self.info.tasks):
+            pred = self.combined_probs(probs, logits)[t.name].argmax(-1)
+            self.val_confusion[j].update(pred, batch["target"][:, j])
+
+    def on_validation_epoch_end(self):
+        bac, acc = [], []
+        for cm_metric in self.val_confusion:
+            cm = cm_metric.compute().double()   # synchronised across ranks
+            cm_metric.reset()
+            support = cm.sum(1)
+            present = support > 0
+            recall = cm.diagonal()[present] / support[present]
+            bac.append(recall.mean().item() if present.any() else math.nan)
+            acc.append((cm.diagonal().sum() / cm.sum()).item() if cm.sum() > 0 else math.nan)
+        if self.trainer.sanity_checking:
+            return
+        # main metric: mean task BAC (the BAC itself for one task) or mean task ACC (multi-task data)
+        defined = [v for v in (bac if self.info.main_metric == "bac" else acc) if not math.isnan(v)]
+        score = float(np.mean(defined)) if defined else math.nan
+        avg_acc = [v for v in acc if not math.isnan(v)]
+        self.log("val/main", score, prog_bar=True)
+        self.log(f"val/{self.info.main_metric}", score)
+        self.log("val/acc", float(np.mean(avg_acc)) if avg_acc else math.nan)
 
     def test_step(self, batch, batch_idx):
-        self._collect(batch)
+        probs, logits, feats = self.tta_outputs(batch)
+        rec = {"index": batch["index"], "target": batch["target"], "probs": probs, "logits": logits}
+        if self.save_features:
+            rec["features"] = feats.float()
+        self._outputs.append(rec)
 
     def _gather_frame(self) -> pd.DataFrame:
         """Outputs of all ranks in the saved predictions schema, one row per case (DDP padding duplicates
@@ -110,8 +168,8 @@ class MultiTaskModule(L.LightningModule):
         outs, self._outputs = self._outputs, []
         index = torch.cat([o["index"] for o in outs])
         target = torch.cat([o["target"] for o in outs])
-        cols = {(br, t): torch.cat([o["probs"][br][t.name] for o in outs])
-                for br in outs[0]["probs"] for t in self.info.tasks}
+        cols = {(kind, br, t): torch.cat([o[kind][br][t.name] for o in outs])
+                for kind in ("probs", "logits") for br in outs[0]["probs"] for t in self.info.tasks}
         feats = torch.cat([o["features"] for o in outs]) if "features" in outs[0] else None
         if self.trainer.world_size > 1:
             index = self.all_gather(index).flatten(0, 1)
@@ -122,23 +180,12 @@ class MultiTaskModule(L.LightningModule):
         _, first = np.unique(index_np, return_index=True)
         ids = index_np[first] if self.case_ids is None else self.case_ids[index_np[first]]
         targets = {t.name: target[:, j].cpu().numpy()[first] for j, t in enumerate(self.info.tasks)}
-        probs: dict = {}
-        for (br, t), p in cols.items():
-            probs.setdefault(br, {})[t.name] = p.cpu().numpy()[first]
+        arrays: dict = {"probs": {}, "logits": {}}
+        for (kind, br, t), v in cols.items():
+            arrays[kind].setdefault(br, {})[t.name] = v.cpu().numpy()[first]
         self.features = None if feats is None else feats.cpu().numpy()[first]
-        return to_frame(ids, targets, probs, {t.name: list(t.classes) for t in self.info.tasks})
-
-    def on_validation_epoch_end(self):
-        if not self._outputs:
-            return
-        frame = self._gather_frame()
-        if self.trainer.sanity_checking:
-            return
-        metrics = evaluate_predictions(frame, combination=self.report, dataset=self.info.dataset)
-        score = main_score(metrics, self.info.main_metric)
-        self.log("val/main", score, prog_bar=True, sync_dist=False)
-        self.log(f"val/{self.info.main_metric}", score, sync_dist=False)
-        self.log("val/acc", metrics["avg_acc"], sync_dist=False)
+        return to_frame(ids, targets, arrays["probs"], {t.name: list(t.classes) for t in self.info.tasks},
+                        logits=arrays["logits"])
 
     def on_test_epoch_end(self):
         self.predictions = self._gather_frame()
@@ -162,7 +209,7 @@ class MultiTaskModule(L.LightningModule):
             return opt
         if kind != "cosine":
             raise ConfigError(f"scheduler.name={kind!r}: expected cosine or none")
-        # Stepped once per epoch, T_max in epochs (METHODS §3.3, §4.4).
+        # Stepped once per epoch, T_max in epochs, as in the reference recipe.
         cos = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=int(sched.get("T_max", 150)),
                                                          eta_min=float(sched.get("eta_min", 0.0)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": cos, "interval": "epoch"}}

@@ -1,8 +1,9 @@
-"""``python report.py SWEEP_DIR [SWEEP_DIR...] [--format md,csv,tex] [--out DIR]``
+"""``python report.py SWEEP_DIR [SWEEP_DIR...] [--format md,csv,tex] [--out DIR] [--stats-methods SET] [--wandb]``
 
 Collects every run under the sweep directories, evaluates the saved predictions offline, and writes
 thesis-style tables (all requested formats), statistics, figures, machine-readable summaries and a
 self-contained ``report.html``. Missing, failed and incomplete jobs are listed, never dropped.
+With ``--wandb`` the tables and figures are also logged to one W&B run in the sweep's group.
 """
 from __future__ import annotations
 
@@ -10,18 +11,20 @@ import argparse
 import base64
 import html
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from skinlesion.evaluation import figures as F
 from skinlesion.evaluation import tables as TB
 from skinlesion.evaluation.aggregate import (PRIMARY_SPLIT, REPORTED_SPLITS, collect_jobs, evaluate_jobs,
                                              order_methods, problems_frame, summarise)
-from skinlesion.evaluation.stats import compare_methods
+from skinlesion.evaluation.stats import THESIS_METHODS, compare_methods, select_methods
 
 METRIC_LABEL = {"bac": "BAC", "avg_acc": "AVG ACC", "avg_auc": "AVG AUC"}
 
@@ -39,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="derm7pt task column order (canonical, or a thesis table's)")
     ap.add_argument("--best-by", choices=["main", "avg_auc", "avg_acc"], default="main",
                     help="derm7pt best-run selection: the run's main metric, AVG AUC (Ch. 5) or AVG ACC (Ch. 6)")
+    ap.add_argument("--stats-methods", default="thesis", metavar="SET",
+                    help="methods compared by Friedman and Wilcoxon: 'thesis' (default: the eight of Tables "
+                         f"4.4-4.6, {', '.join(THESIS_METHODS)}; every method when a sweep has fewer than two of "
+                         "them), 'all', or a comma-separated list of method labels")
+    ap.add_argument("--wandb", action="store_true",
+                    help="also log the tables and figures to one W&B run (job type 'report') in the sweep's "
+                         "group; offline when no API key is configured")
+    ap.add_argument("--wandb-project", default="skinlesion", help="W&B project for --wandb")
     return ap
 
 
@@ -73,7 +84,7 @@ def _html(sections: list[tuple[str, list]], problems: TB.Table, meta: dict) -> s
 
 def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[str], compare: bool = True,
                 figures: bool = True, tsne: bool = True, with_holm: bool = True, layout: str = "canonical",
-                best_by: str = "main") -> dict:
+                best_by: str = "main", stats_methods: str = "thesis") -> dict:
     jobs, notes = collect_jobs(sweep_dirs)
     records, details = evaluate_jobs(jobs)
     problems = problems_frame(jobs)
@@ -85,6 +96,7 @@ def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[s
     written: list[Path] = []
     sections: list[tuple[str, list]] = []
     main_tables: list[TB.Table] = []
+    stats_tables: list[TB.Table] = []
     stats_out = {}
 
     for ds, mm in _groups(records):
@@ -100,8 +112,11 @@ def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[s
                     main_tables.append(t)
         # paired statistics on the primary split, blocks = backbone × fold (or seed)
         prec = rec[rec.split == primary]
-        if prec["method"].nunique() >= 2:
-            res = compare_methods(prec, ["backbone", "block"], order_methods(prec["method"]), with_holm=with_holm)
+        chosen, sel_notes = select_methods(order_methods(prec["method"]), stats_methods)
+        if len(chosen) >= 2:
+            res = compare_methods(prec, ["backbone", "block"], chosen, with_holm=with_holm)
+            res["notes"] = sel_notes + res["notes"]
+            res["selection"] = stats_methods
             wt = TB.WILCOXON_TABLES.get((ds, mm, primary)) if compare else None
             st = TB.stats_table(res, f"{ds}_{primary}_{mm}_stats",
                                 f"{TB.DATASET_NAME.get(ds, ds)} {primary} {METRIC_LABEL.get(mm, mm)}: Friedman and "
@@ -111,8 +126,14 @@ def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[s
                 for r in st.rows:
                     r.pop(5)
             items.append(st)
+            stats_tables.append(st)
             stats_out[f"{ds}_{primary}_{mm}"] = res
         if ds == "derm7pt":
+            if mm == "avg_acc":
+                for split in [s for s in splits if s == "test"] or splits:
+                    t = TB.configuration_table(records, jobs, split, compare)
+                    items.insert(0, t)
+                    main_tables.append(t)
             for split in [s for s in splits if s == "test"] or splits:
                 by = "score" if best_by == "main" else best_by
                 for kind in ("mean", "best"):
@@ -148,7 +169,9 @@ def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[s
                                                  "summary": json.loads(summary.to_json(orient="records")),
                                                  "stats": stats_out}, indent=2))
     (out / "report.html").write_text(_html(sections, ptable, meta))
-    return {"out": out, "main_tables": main_tables, "problems": ptable, "notes": notes, "files": written}
+    return {"out": out, "main_tables": main_tables, "stats_tables": stats_tables, "problems": ptable, "notes": notes,
+            "files": written, "tables": all_tables, "figures": [it for _, items in sections for it in items if isinstance(it, Path)],
+            "jobs": jobs}
 
 
 def _no_runs_message(dirs, problems: pd.DataFrame) -> str:
@@ -193,6 +216,48 @@ def _confusion_and_tsne(jobs, prec: pd.DataFrame, details: dict, ds: str, mm: st
     return out
 
 
+def sweep_group(jobs, sweep_dirs: Sequence[str | Path]) -> str:
+    """The W&B group of a sweep's report: the group its runs were logged under (``group``, else the
+    ``experiment`` recorded in run.json, else ``group`` in the job's saved config); the first sweep
+    directory's name when no run records one."""
+    found: list[str] = []
+    for j in jobs:
+        g = j.info.get("group") or j.info.get("experiment") if j.info else None
+        if not g and j.path is not None and (j.path / ".hydra" / "config.yaml").is_file():
+            try:
+                g = (yaml.safe_load((j.path / ".hydra" / "config.yaml").read_text()) or {}).get("group")
+            except yaml.YAMLError:
+                g = None
+        if g:
+            found.append(str(g))
+    if found:
+        return max(dict.fromkeys(found), key=found.count)   # most common; first seen on a tie
+    return Path(sweep_dirs[0]).resolve().name
+
+
+def log_report(res: dict, sweep_dirs: Sequence[str | Path], project: str = "skinlesion") -> dict:
+    """Log a report's tables (``wandb.Table``) and figures (``wandb.Image``) to one W&B run of job
+    type ``report`` in the sweep's group. Offline (``wandb sync`` later) when no API key is set up."""
+    import wandb
+
+    if not (os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").is_file()):
+        os.environ.setdefault("WANDB_MODE", "offline")
+    group = sweep_group(res["jobs"], sweep_dirs)
+    run = wandb.init(project=project, group=group, job_type="report", name=f"report-{group}",
+                     dir=os.environ.get("WANDB_DIR") or str(res["out"]),
+                     config={"sweeps": [str(d) for d in sweep_dirs], "report_dir": str(res["out"])})
+    try:
+        payload = {f"tables/{t.name}": wandb.Table(columns=list(t.columns), data=[list(r) for r in t.rows])
+                   for t in res["tables"]}
+        payload.update({f"figures/{p.stem}": wandb.Image(str(p), caption=p.name) for p in res["figures"]})
+        run.log(payload)
+        info = {"run": run.name, "group": group, "mode": os.environ.get("WANDB_MODE", "online"),
+                "n_tables": len(res["tables"]), "n_figures": len(res["figures"])}
+    finally:
+        run.finish()
+    return info
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     formats = [f.strip().lower() for f in args.format.split(",") if f.strip()]
@@ -204,11 +269,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         res = make_report(args.sweep_dirs, out, formats, compare=not args.no_thesis, figures=not args.no_figures,
                           tsne=not args.no_tsne, with_holm=not args.no_holm, layout=args.layout,
-                          best_by=args.best_by)
+                          best_by=args.best_by, stats_methods=args.stats_methods)
     except (FileNotFoundError, LookupError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
-    for t in res["main_tables"]:
+    if args.wandb:
+        try:
+            where = log_report(res, args.sweep_dirs, project=args.wandb_project)
+        except Exception as e:  # the report itself is written; say why the upload did not happen
+            print(f"error: report written to {out}, but logging it to W&B failed: {type(e).__name__}: {e}",
+                  file=sys.stderr)
+            return 2
+        print(f"W&B: logged {where['n_tables']} tables and {where['n_figures']} figures to run {where['run']} "
+              f"(group {where['group']!r}, {where['mode']})")
+    for t in res["main_tables"] + res["stats_tables"]:
         print(TB.to_markdown(t))
     if res["problems"].rows:
         print(TB.to_markdown(res["problems"]))

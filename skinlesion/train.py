@@ -5,20 +5,23 @@
 
 Every run directory gets: config.yaml (resolved), run.json (status, identity, parameter counts),
 environment.json (package versions, git commit), folds.csv, checkpoints/, predictions/{val,test}.parquet,
-metrics.json and csv/metrics.csv (per-epoch log).
+metrics.json and csv/metrics.csv (per-epoch log). The status in run.json is ``running`` while the job runs,
+then ``completed``, ``failed`` (with the error; a diverged loss also with its epoch and step) or
+``interrupted`` (SIGTERM or Ctrl-C). Files are replaced atomically, so a killed run leaves no half-written one.
 """
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import traceback
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
 import lightning as L
-import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import ProgressBar
@@ -27,7 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 
 import skinlesion.config  # noqa: F401  (registers the config resolvers)
 from skinlesion.errors import SkinLesionError
-from skinlesion.provenance import environment, write_json
+from skinlesion.provenance import environment, write_config, write_csv, write_json, write_npz, write_parquet
+from skinlesion.swa import WeightAveraging
 
 log = logging.getLogger("skinlesion")
 
@@ -58,11 +62,37 @@ def _loggers(cfg: DictConfig, ident: dict) -> list:
             if not (os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").is_file()):
                 os.environ.setdefault("WANDB_MODE", "offline")   # no credentials: log locally, sync later
             run_name = f"{ident['method']}-{ident['backbone']}-f{ident['fold']}-s{ident['seed']}"
-            loggers.append(hydra.utils.instantiate(lcfg, tags=_tags(ident, cfg.tags), name=run_name,
-                                                   offline=lcfg.offline or os.environ.get("WANDB_MODE") == "offline"))
+            # Runs of one sweep share the experiment's group; single runs group by dataset and method.
+            group = lcfg.get("group") or f"{ident['dataset']}-{ident['method']}"
+            logger = hydra.utils.instantiate(lcfg, tags=_tags(ident, cfg.tags), name=run_name, group=group,
+                                             offline=lcfg.offline or os.environ.get("WANDB_MODE") == "offline")
+            # The resolved config, so runs can be filtered and compared by any hyperparameter.
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+            loggers.append(logger)
         else:
             loggers.append(hydra.utils.instantiate(lcfg))
     return loggers
+
+
+def wandb_summary(metrics: dict) -> dict[str, float | None]:
+    """Final (TTA) metrics as flat W&B summary keys: ``final/<part>/<output>/<task>/<bac|acc|auc>``, the
+    averages ``final/<part>/<output>/<avg_acc|avg_bac|avg_auc>`` and ``final/<part>/main`` (the reported
+    output's ranking score)."""
+    from skinlesion.evaluation.metrics import main_score
+
+    out: dict[str, float | None] = {}
+    for part in ("val", "test"):
+        if part not in metrics:
+            continue
+        for combo, m in metrics[part].items():
+            for task, tm in m["tasks"].items():
+                for k in ("bac", "acc", "auc"):
+                    out[f"final/{part}/{combo}/{task}/{k}"] = tm[k]
+            for k in ("avg_acc", "avg_bac", "avg_auc"):
+                if m.get(k) is not None:
+                    out[f"final/{part}/{combo}/{k}"] = m[k]
+        out[f"final/{part}/main"] = main_score(metrics[part][metrics["reported"]], metrics["main_metric"])
+    return out
 
 
 def prepare_data(cfg: DictConfig):
@@ -90,8 +120,9 @@ def build_module(cfg: DictConfig, dm):
     return module
 
 
-def run(cfg: DictConfig, out: Path) -> dict:
-    """One training job; returns the metrics written to ``out/metrics.json``."""
+def run(cfg: DictConfig, out: Path, state: dict | None = None) -> dict:
+    """One training job; returns the metrics written to ``out/metrics.json``. ``state`` receives the trainer
+    (so an interrupted job can say how far it got)."""
     from skinlesion.evaluation.metrics import evaluate_predictions
     from skinlesion.models import parameter_report
 
@@ -102,20 +133,28 @@ def run(cfg: DictConfig, out: Path) -> dict:
     params = parameter_report(network, cfg.backbone, dm.info)
     log.info("parameters: %s", params)
     if rank_zero_only.rank == 0:
-        dm.fold_frame().to_csv(out / "folds.csv", index=False, lineterminator="\n")
+        write_csv(out / "folds.csv", dm.fold_frame())
 
     ident = _identity(cfg)
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):   # the switch wins over the configured bar
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=_loggers(cfg, ident))
+    if state is not None:
+        state["trainer"] = trainer
     trainer.fit(module, datamodule=dm)
 
     ckpt = trainer.checkpoint_callback
-    ckpt_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+    best_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
+    # With weight averaging the averaged weights are evaluated, not the best-validation checkpoint.
+    swa = next((c for c in callbacks if isinstance(c, WeightAveraging)), None)
+    ckpt_path = swa.checkpoint_path if swa is not None and swa.checkpoint_path else best_path
     module.eval_views = module.tta
     metrics: dict = {"main_metric": dm.info.main_metric, "reported": cfg.model.report,
-                     "best_checkpoint": ckpt_path, "params": params, "branches": list(network.branches),
+                     "best_checkpoint": best_path, "evaluated_checkpoint": ckpt_path,
+                     "weight_averaging": None if swa is None else {"states": swa.n_averaged,
+                                                                   "last_epochs": swa.last_epochs},
+                     "params": params, "branches": list(network.branches),
                      "tasks": {t.name: list(t.classes) for t in dm.info.tasks}}
     (out / "predictions").mkdir(exist_ok=True)
     for part in ("val", "test"):
@@ -126,17 +165,45 @@ def run(cfg: DictConfig, out: Path) -> dict:
         if trainer.global_rank != 0:
             continue
         frame = module.predictions
-        frame.to_parquet(out / "predictions" / f"{part}.parquet", index=False)
+        write_parquet(out / "predictions" / f"{part}.parquet", frame)
         if module.features is not None:
-            np.savez_compressed(out / "predictions" / f"{part}_features.npz", case_id=frame["case_id"].to_numpy(),
-                                features=module.features, target=frame.iloc[:, 1].to_numpy())
-        combos = list(dict.fromkeys([*network.branches, *(["all"] if len(network.branches) > 1 else []),
+            write_npz(out / "predictions" / f"{part}_features.npz", case_id=frame["case_id"].to_numpy(),
+                      features=module.features, target=frame.iloc[:, 1].to_numpy())
+        combos = list(dict.fromkeys([*network.branches, *(["all", "all_logits"] if len(network.branches) > 1 else []),
                                      cfg.model.report]))
         metrics[part] = {c: evaluate_predictions(frame, combination=c, dataset=dm.info.dataset) for c in combos}
+    if trainer.global_rank == 0 and cfg.model.get("search") == "scheme1" and "val" in metrics:
+        _fusion_scheme1(out, metrics, dm.info.dataset)
     if trainer.global_rank == 0:
         write_json(out / "metrics.json", metrics)
         print(results_table(metrics, dm.info), flush=True)
+        _wandb_finals(trainer, metrics)
     return metrics
+
+
+def _fusion_scheme1(out: Path, metrics: dict, dataset: str) -> None:
+    """P = W_D·P_derm + W_C·P_clinic + W_F·P_fusion with the weights that maximise validation AVG ACC over the
+    simplex grid, applied unchanged to test; the weighted output becomes the reported one (``searched``)."""
+    from skinlesion.evaluation.metrics import evaluate_predictions
+    from skinlesion.evaluation.predictions import read_predictions
+    from skinlesion.evaluation.search import search_run
+
+    found = search_run(out)
+    metrics["search"] = {k: found[k] for k in ("kind", "branches", "weights", "grid_n", "score", "index",
+                                               "n_candidates")}
+    for part in ("val", "test"):
+        path = out / "search" / f"{part}_fused.parquet"
+        if part in metrics and path.is_file():
+            metrics[part]["searched"] = evaluate_predictions(read_predictions(path), "searched", dataset)
+    metrics["reported"] = "searched"
+
+
+def _wandb_finals(trainer, metrics: dict) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger):
+            lg.experiment.summary.update(wandb_summary(metrics))
 
 
 def results_table(metrics: dict, info) -> str:
@@ -188,28 +255,81 @@ def main(cfg: DictConfig) -> float | None:
     return execute(cfg)
 
 
+class _Interrupted(KeyboardInterrupt):
+    """SIGTERM turned into the same shutdown path as Ctrl-C."""
+
+
+@contextmanager
+def _interrupt_signals(received: dict):
+    """Record SIGTERM/SIGINT and stop the job by an exception, so the run can be marked ``interrupted``.
+    (Lightning stops its loops on SIGTERM as well; the exception covers data setup and the final tests.)"""
+    def handler(signum, frame):
+        received.setdefault("signal", signal.Signals(signum).name)
+        raise _Interrupted(received["signal"])
+
+    previous = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, handler)
+    except ValueError:   # not the main thread (e.g. a notebook worker): leave the handlers alone
+        pass
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
 def execute(cfg: DictConfig) -> float | None:
     """Run one job with status bookkeeping; returns the validation score (for Hydra sweepers)."""
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
+    try:   # value types first: a bad command line stops before anything is written
+        from skinlesion.config import validate_config
+        validate_config(cfg)
+    except SkinLesionError as e:
+        log.error("%s", e)
+        if not multirun:
+            raise SystemExit(f"error: {e}") from None
+        return None
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     # DDP ranks > 0 re-run this job in the same directory: only rank 0 writes the run's bookkeeping.
     main_process = rank_zero_only.rank == 0
     record = {"status": "running", "error": None, **_identity(cfg),
               "overrides": list(hydra_cfg.overrides.task) if hydra_cfg is not None else []}
     if main_process:
         write_json(out / "run.json", record)
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        write_config(out / "config.yaml", cfg)
         write_json(out / "environment.json", environment(Path(cfg.paths.root_dir)))
+    state: dict = {}
     try:
-        metrics = run(cfg, out)
+        with _interrupt_signals(state):
+            metrics = run(cfg, out, state)
+    except (KeyboardInterrupt, SystemExit) as e:
+        # Ctrl-C, SIGTERM, or Lightning's own exit after it caught one of them (it raises SystemExit).
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+        name = state.get("signal") or ("SIGTERM" if isinstance(e, SIGTERMException) else "SIGINT")
+        trainer = state.get("trainer")
+        where = {"epoch": int(trainer.current_epoch), "step": int(trainer.global_step)} if trainer else None
+        record.update(status="interrupted", error=f"interrupted by {name}", interrupted_at=where)
+        if main_process:
+            write_json(out / "run.json", record)
+        _finish_wandb(exit_code=1)
+        log.error("interrupted by %s%s; run.json records status 'interrupted'", name,
+                  f" at epoch {where['epoch']}, step {where['step']}" if where else "")
+        raise SystemExit(128 + getattr(signal, name, signal.SIGTERM).value) from None
     except Exception as e:  # noqa: BLE001  (recorded, then reported in words or re-raised)
         message = _clean_message(e)
         record.update(status="failed", error=message)
+        from skinlesion.module import LossDiverged
+        user = _user_error(e)
+        if isinstance(user, LossDiverged):
+            record["failed_at"] = {"epoch": user.epoch, "step": user.step}
         if main_process:
             write_json(out / "run.json", record)
-        if _user_error(e) is not None:
+        _finish_wandb(exit_code=1)
+        if user is not None:
             log.error("%s", message)
             if not multirun:
                 raise SystemExit(f"error: {message}") from None
@@ -218,20 +338,20 @@ def execute(cfg: DictConfig) -> float | None:
             log.error("run failed:\n%s", traceback.format_exc())
             return None
         raise
-    finally:
-        _finish_wandb()
+    _finish_wandb()
     if not main_process:
         return None
-    record.update(status="completed", **{k: metrics[k] for k in ("main_metric", "params", "branches", "tasks")})
+    record.update(status="completed", **{k: metrics[k] for k in ("main_metric", "params", "branches", "tasks",
+                                                                  "reported")})
     write_json(out / "run.json", record)
     from skinlesion.evaluation.metrics import main_score
     part = "val" if "val" in metrics else "test"
-    return main_score(metrics[part][cfg.model.report], metrics["main_metric"])
+    return main_score(metrics[part][metrics["reported"]], metrics["main_metric"])
 
 
-def _finish_wandb() -> None:
+def _finish_wandb(exit_code: int | None = None) -> None:
     # Sequential sweeps run every job in one process: close the W&B run so each job gets its own.
     if "wandb" in sys.modules:
         import wandb
         if wandb.run is not None:
-            wandb.finish()
+            wandb.finish(exit_code=exit_code)

@@ -12,7 +12,7 @@ import pytest
 
 from skinlesion.data import derm7pt, isic2019, pad_ufes
 from skinlesion.data.synthetic import generate
-from tests.conftest import REPO, shared
+from skinlesion.testing import REPO, shared
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO
+from skinlesion.testing import REPO
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,6 @@
 """Chapter-4 JF / JIF networks: construction from a DataInfo, forward contract, configs, parameter counts."""
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
@@ -13,10 +12,12 @@ from skinlesion.data.info import DataInfo
 from skinlesion.data.tasks import DERM7PT_TASKS, PAD_UFES_TASKS
 from skinlesion.errors import ConfigError
 from skinlesion.models import MODEL_REGISTRY, build_network, required_inputs
+from skinlesion.models.fusion import registered_fusions
 from skinlesion.models.meta_encoder import MetaEncoder
+from skinlesion.testing import compose_cfg
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-FUSIONS = ("cat", "metablock", "metanet", "mutual_attention", "mmfa")
+FUSIONS = tuple(registered_fusions())
 PAD = DataInfo("pad_ufes", PAD_UFES_TASKS, ("clinic",), 81)
 TEST_EFFNET = {"name": "test_efficientnet", "pretrained": False}
 TEST_RESNET = {"name": "test_resnet", "pretrained": False}
@@ -146,32 +147,23 @@ def test_mobilenetv2_parameter_counts():
     assert jif["thesis_count"] - jif["total"] == image["thesis_count"] - image["total"] == 1280 * 1000 + 1000
 
 
-# --- configs -----------------------------------------------------------------------------------------
+# --- configs ---------------------------------------------------------------------------------------
 
-@pytest.fixture
-def minus_resolver():
-    try:   # use the project's resolver when the config module provides it
-        importlib.import_module("skinlesion.config")
-    except ImportError:
-        pass
-    added = not OmegaConf.has_resolver("minus")
-    if added:
-        OmegaConf.register_new_resolver("minus", lambda a, b: float(a) - float(b))
-    yield
-    if added:
-        OmegaConf.clear_resolver("minus")
+# The thesis's names of the ten chapter-4 fusion methods (Tables 4.1-4.9).
+THESIS_LABELS = {"jf_cat": "JF-CAT", "jf_metablock": "JF-MB", "jf_metanet": "JF-MN", "jf_mutual_attention": "JF-MA",
+                 "jf_mmfa": "JF-MMFA", "jif_cat": "JIF-CAT", "jif_metablock": "JIF-MB", "jif_metanet": "JIF-MN",
+                 "jif_mutual_attention": "JIF-MA", "jif_mmfa": "JIF-MMFA"}
 
 
-SHORT = {"cat": "CAT", "metablock": "MB", "metanet": "MN", "mutual_attention": "MA", "mmfa": "MMFA"}
-
-
-@pytest.mark.parametrize("arch", ["jf", "jif"])
-@pytest.mark.parametrize("fusion", FUSIONS)
-def test_model_presets(arch, fusion, minus_resolver):
-    cfg = OmegaConf.load(CONF / "model" / f"{arch}_{fusion}.yaml")
-    model = OmegaConf.create({"model": cfg}).model
-    assert model.name == f"{arch}_{fusion}"
-    assert model.method == f"{arch.upper()}-{SHORT[fusion]}"
+@pytest.mark.parametrize("preset", sorted(THESIS_LABELS))
+def test_model_presets(preset, tmp_path):
+    arch, fusion = preset.split("_", 1)
+    model = compose_cfg([f"model={preset}"], tmp_path).model
+    assert model.name == preset and model.method == THESIS_LABELS[preset]
+    assert model.net.arch == arch and model.net.fusion == fusion
+    # the same network as model=<arch> fusion=<module>
+    assert OmegaConf.to_yaml(model) == OmegaConf.to_yaml(compose_cfg([f"model={arch}", f"fusion={fusion}"],
+                                                                      tmp_path).model)
     weights = OmegaConf.to_container(model.branch_weights, resolve=True)
     if arch == "jf":
         assert weights == {"fusion": 1.0} and model.report == "fusion"
@@ -182,6 +174,12 @@ def test_model_presets(arch, fusion, minus_resolver):
         assert OmegaConf.to_container(model.branch_weights, resolve=True)["meta"] == pytest.approx(0.7)
     net = build_network(model.net, OmegaConf.load(CONF / "backbone" / "test_efficientnet.yaml"), PAD)
     assert set(net(make_batch(PAD, b=2))["logits"]) == set(BRANCHES[arch])
+
+
+def test_fusion_options_are_set_in_the_fusion_config(tmp_path):
+    model = compose_cfg(["model=jf_cat", "fusion.options.reducer=0"], tmp_path).model
+    net = build_network(model.net, {"name": "test_efficientnet", "pretrained": False}, PAD)
+    assert net.fusion.out_dim == 256 + 128          # plain concatenation of f_I (D = 256) and f_M
 
 
 BACKBONES = {"efficientnet_b3": 1536, "resnet50": 2048, "densenet121": 1024, "xception": 2048, "swin_t": 768,

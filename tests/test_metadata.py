@@ -1,4 +1,4 @@
-"""Metadata encoders on the real official CSVs (METHODS §1.2–1.4, A-01, A-03)."""
+"""Metadata vectorizers on the real official CSVs."""
 from __future__ import annotations
 
 import warnings
@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from skinlesion.data.metadata import (
-    DEFAULT_META, FORBIDDEN_FEATURES, META_VARIANTS, MetaEncoder, UnseenCategoryWarning, build_meta_encoder,
+    DEFAULT_META, FORBIDDEN_FEATURES, META_VARIANTS, MetadataVectorizer, UnseenCategoryWarning, build_vectorizer,
     meta_dim,
 )
+from skinlesion.errors import ConfigError, DataError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PAD_CSV = DATA / "pad_ufes_20" / "metadata.csv"
@@ -40,11 +41,11 @@ def derm():
     return pd.read_csv(DERM_CSV)
 
 
-def row(enc: MetaEncoder, x: np.ndarray, i: int) -> dict[str, float]:
+def row(enc: MetadataVectorizer, x: np.ndarray, i: int) -> dict[str, float]:
     return dict(zip(enc.columns, x[i].tolist()))
 
 
-def block(enc: MetaEncoder, x: np.ndarray, field: str) -> np.ndarray:
+def block(enc: MetadataVectorizer, x: np.ndarray, field: str) -> np.ndarray:
     idx = [j for j, c in enumerate(enc.columns) if c.startswith(field + "=")]
     assert idx, field
     return x[:, idx]
@@ -61,22 +62,22 @@ def test_widths_known_without_data():
     assert meta_dim("derm7pt", "m14", clean=True) == 53
     for ds, variant in DEFAULT_META.items():
         assert variant in META_VARIANTS[ds]
-        assert build_meta_encoder(ds).dim == meta_dim(ds, variant)
+        assert build_vectorizer(ds).dim == meta_dim(ds, variant)
 
 
 def test_unknown_dataset_and_variant_list_choices():
-    with pytest.raises(ValueError, match="pad_ufes"):
-        build_meta_encoder("ham10000")
-    with pytest.raises(ValueError, match="m81.*m45"):
-        build_meta_encoder("pad_ufes", "m99")
-    with pytest.raises(ValueError, match="m20.*m14"):
+    with pytest.raises(ConfigError, match="pad_ufes"):
+        build_vectorizer("ham10000")
+    with pytest.raises(ConfigError, match="m81.*m45"):
+        build_vectorizer("pad_ufes", "m99")
+    with pytest.raises(ConfigError, match="m20.*m14"):
         meta_dim("derm7pt", "m81")
-    with pytest.raises(ValueError, match="derm7pt"):
-        build_meta_encoder("pad_ufes", clean=True)
+    with pytest.raises(ConfigError, match="derm7pt"):
+        build_vectorizer("pad_ufes", clean=True)
 
 
 def test_pad_m81_frozen_column_order():
-    cols = build_meta_encoder("pad_ufes").columns
+    cols = build_vectorizer("pad_ufes").columns
     assert len(cols) == len(set(cols)) == 81
     assert cols[:4] == ["smoke=False", "smoke=True", "drink=False", "drink=True"]
     assert cols[4] == "background_father=POMERANIA"
@@ -91,8 +92,8 @@ def test_pad_m81_frozen_column_order():
 
 
 def test_pad_m45_columns():
-    m45 = build_meta_encoder("pad_ufes", "m45").columns
-    m81 = build_meta_encoder("pad_ufes").columns
+    m45 = build_vectorizer("pad_ufes", "m45").columns
+    m81 = build_vectorizer("pad_ufes").columns
     assert len(m45) == 45 and m45[0] == "age" and m45[1:3] == ["gender=FEMALE", "gender=MALE"]
     assert set(m45) < set(m81)
     assert not any(c.startswith(("smoke", "drink", "background", "pesticide", "has_", "diameter")) for c in m45)
@@ -101,7 +102,7 @@ def test_pad_m45_columns():
 # ---------------------------------------------------------------------------------------------- PAD real CSV
 @needs_data
 def test_pad_m81_real_rows(pad):
-    enc = build_meta_encoder("pad_ufes")
+    enc = build_vectorizer("pad_ufes")
     x = enc.transform(pad)
     assert x.shape == (2298, 81) and x.dtype == np.float32
     assert pad.loc[1, "patient_id"] == "PAT_46"
@@ -122,7 +123,7 @@ def test_pad_m81_real_rows(pad):
 
 @needs_data
 def test_pad_all_missing_patient_row_gives_zero_blocks(pad):
-    enc = build_meta_encoder("pad_ufes")
+    enc = build_vectorizer("pad_ufes")
     x = enc.transform(pad)
     assert pad.loc[0, "patient_id"] == "PAT_1516" and pd.isna(pad.loc[0, "smoke"])
     r = row(enc, x, 0)
@@ -136,7 +137,7 @@ def test_pad_all_missing_patient_row_gives_zero_blocks(pad):
 
 @needs_data
 def test_pad_one_hot_blocks_and_unk(pad):
-    enc = build_meta_encoder("pad_ufes")
+    enc = build_vectorizer("pad_ufes")
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnseenCategoryWarning)  # the frozen vocab covers every real value
         x = enc.transform(pad)
@@ -152,7 +153,7 @@ def test_pad_one_hot_blocks_and_unk(pad):
 
 @needs_data
 def test_pad_m45_matches_m81_columns(pad):
-    e81, e45 = build_meta_encoder("pad_ufes", "m81"), build_meta_encoder("pad_ufes", "m45")
+    e81, e45 = build_vectorizer("pad_ufes", "m81"), build_vectorizer("pad_ufes", "m45")
     x81, x45 = e81.transform(pad), e45.transform(pad)
     assert x45.shape == (2298, 45)
     idx = [e81.columns.index(c) for c in e45.columns]
@@ -163,7 +164,7 @@ def test_pad_m45_matches_m81_columns(pad):
 def test_pad_encoding_independent_of_parsed_dtypes(pad):
     # the same file read as all-text (fitspatrick "3.0", booleans "False") must encode identically
     as_text = pd.read_csv(PAD_CSV, dtype=str)
-    enc = build_meta_encoder("pad_ufes")
+    enc = build_vectorizer("pad_ufes")
     np.testing.assert_array_equal(enc.transform(as_text), enc.transform(pad))
     # and a slice without missing values (bool / int dtypes) too
     full = pad[pad["smoke"].notna()].copy()
@@ -175,7 +176,7 @@ def test_pad_encoding_independent_of_parsed_dtypes(pad):
 # ---------------------------------------------------------------------------------------------- unseen values
 @needs_data
 def test_unseen_category_zero_block_one_warning_per_column(pad):
-    enc = build_meta_encoder("pad_ufes")
+    enc = build_vectorizer("pad_ufes")
     df = pad.iloc[:40].copy()
     df.loc[df.index[[2, 5, 7]], "region"] = ["MOON", "MOON", "MARS"]
     df.loc[df.index[3], "gender"] = "OTHER"
@@ -199,7 +200,7 @@ def test_unseen_category_zero_block_one_warning_per_column(pad):
 
 @needs_data
 def test_unseen_warning_is_per_call(pad):
-    enc = build_meta_encoder("pad_ufes", "m45")
+    enc = build_vectorizer("pad_ufes", "m45")
     df = pad.iloc[:5].copy()
     df["region"] = "MOON"
     with pytest.warns(UnseenCategoryWarning) as rec:
@@ -212,37 +213,37 @@ def test_unseen_warning_is_per_call(pad):
 @needs_data
 def test_forbidden_field_raises(pad):
     assert "biopsed" in FORBIDDEN_FEATURES["pad_ufes"]
-    with pytest.raises(ValueError, match=r"biopsed.*label proxy.*never be a feature"):
-        build_meta_encoder("pad_ufes", "custom", fields=["age", "biopsed"])
-    with pytest.raises(ValueError, match="diagnostic"):
-        build_meta_encoder("pad_ufes", "custom", fields=["diagnostic"])
-    with pytest.raises(ValueError, match="diagnosis"):
-        build_meta_encoder("derm7pt", "custom", fields=["sex", "diagnosis"])
-    with pytest.raises(ValueError, match="unknown metadata field"):
-        build_meta_encoder("pad_ufes", "custom", fields=["shoe_size"])
+    with pytest.raises(ConfigError, match=r"biopsed.*label proxy.*never be a feature"):
+        build_vectorizer("pad_ufes", "custom", fields=["age", "biopsed"])
+    with pytest.raises(ConfigError, match="diagnostic"):
+        build_vectorizer("pad_ufes", "custom", fields=["diagnostic"])
+    with pytest.raises(ConfigError, match="diagnosis"):
+        build_vectorizer("derm7pt", "custom", fields=["sex", "diagnosis"])
+    with pytest.raises(ConfigError, match="unknown metadata field"):
+        build_vectorizer("pad_ufes", "custom", fields=["shoe_size"])
 
 
 @needs_data
 def test_missing_column_names_column_and_file(pad):
     df = pad.drop(columns=["region"])
-    with pytest.raises(ValueError, match=r"region.*metadata\.csv"):
-        build_meta_encoder("pad_ufes").transform(df)
-    with pytest.raises(ValueError, match=r"region.*my_meta\.csv"):
-        build_meta_encoder("pad_ufes", "m45", source="my_meta.csv").fit(df)
+    with pytest.raises(DataError, match=r"metadata\.csv, line 1 \(header\): missing column\(s\) \['region'\]"):
+        build_vectorizer("pad_ufes").transform(df)
+    with pytest.raises(DataError, match=r"my_meta\.csv.*region"):
+        build_vectorizer("pad_ufes", "m45", source="my_meta.csv").fit(df)
 
 
 @needs_data
 def test_non_numeric_value_in_numeric_column(pad):
     df = pad.iloc[:3].copy()
     df["age"] = ["55", "old", "60"]
-    with pytest.raises(ValueError, match=r"age.*old"):
-        build_meta_encoder("pad_ufes").transform(df)
+    with pytest.raises(DataError, match=r"line 3, column 'age': expected a number or an empty cell, got 'old'"):
+        build_vectorizer("pad_ufes").transform(df)
 
 
 # ---------------------------------------------------------------------------------------------- custom / scaling
 @needs_data
 def test_custom_fields_learn_vocab_from_training_rows(pad):
-    enc = build_meta_encoder("pad_ufes", "custom", fields=["region", "age", "gender"])
+    enc = build_vectorizer("pad_ufes", "custom", fields=["region", "age", "gender"])
     with pytest.raises(RuntimeError, match="fit"):
         _ = enc.columns
     train = pad[pad["region"].isin(["FACE", "NOSE", "ARM"])]
@@ -264,22 +265,22 @@ def test_custom_fields_learn_vocab_from_training_rows(pad):
 
 
 def test_custom_requires_fields_and_fields_require_custom():
-    with pytest.raises(ValueError, match="fields"):
-        build_meta_encoder("pad_ufes", "custom")
-    with pytest.raises(ValueError, match="custom"):
-        build_meta_encoder("pad_ufes", "m81", fields=["age"])
-    with pytest.raises(ValueError, match="custom"):
+    with pytest.raises(ConfigError, match="fields"):
+        build_vectorizer("pad_ufes", "custom")
+    with pytest.raises(ConfigError, match="custom"):
+        build_vectorizer("pad_ufes", "m81", fields=["age"])
+    with pytest.raises(ConfigError, match="custom"):
         meta_dim("pad_ufes", "custom")
 
 
 @needs_data
 def test_scale_numeric_uses_training_rows_only(pad):
     train, test = pad.iloc[:1500], pad.iloc[1500:]
-    enc = build_meta_encoder("pad_ufes", scale_numeric=True)
+    enc = build_vectorizer("pad_ufes", scale_numeric=True)
     with pytest.raises(RuntimeError, match="fit"):
         enc.transform(train)
     enc.fit(train)
-    raw = build_meta_encoder("pad_ufes")
+    raw = build_vectorizer("pad_ufes")
     num = [enc.columns.index(c) for c in ("age", "diameter_1", "diameter_2")]
     cat = [j for j in range(81) if j not in num]
     xt = enc.transform(train)
@@ -295,7 +296,7 @@ def test_scale_numeric_uses_training_rows_only(pad):
 # ---------------------------------------------------------------------------------------------- ISIC
 @needs_data
 def test_isic11(isic):
-    enc = build_meta_encoder("isic2019")
+    enc = build_vectorizer("isic2019")
     assert enc.columns == ["age_approx", "sex=female", "sex=male", "anatom_site_general=anterior torso",
                            "anatom_site_general=head/neck", "anatom_site_general=lateral torso",
                            "anatom_site_general=lower extremity", "anatom_site_general=oral/genital",
@@ -323,7 +324,7 @@ def test_isic11(isic):
 @pytest.mark.parametrize("variant,clean,width,ones", [
     ("m20", False, 20, 5), ("m20", True, 14, 3), ("m14", False, 59, 13), ("m14", True, 53, 11)])
 def test_derm7pt_variants(derm, variant, clean, width, ones):
-    enc = build_meta_encoder("derm7pt", variant, clean=clean)
+    enc = build_vectorizer("derm7pt", variant, clean=clean)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UnseenCategoryWarning)
         x = enc.transform(derm)
@@ -336,7 +337,7 @@ def test_derm7pt_variants(derm, variant, clean, width, ones):
 
 @needs_data
 def test_derm7pt_fixed_orders_and_first_row(derm):
-    e20, e14 = build_meta_encoder("derm7pt"), build_meta_encoder("derm7pt", "m14")
+    e20, e14 = build_vectorizer("derm7pt"), build_vectorizer("derm7pt", "m14")
     assert e20.columns[:3] == ["level_of_diagnostic_difficulty=low", "level_of_diagnostic_difficulty=medium",
                                "level_of_diagnostic_difficulty=high"]
     assert e20.columns[-3:] == ["management=excision", "management=clinical follow up",

@@ -10,7 +10,7 @@ from sklearn.metrics import (accuracy_score, balanced_accuracy_score, confusion_
 from skinlesion.data.tasks import DERM7PT_AUC_CATEGORIES, DERM7PT_MELANOMA_CATEGORIES
 from skinlesion.evaluation import predictions as P
 from skinlesion.evaluation.metrics import evaluate_predictions, main_score, task_metrics
-from skinlesion.evaluation.synthetic import dataset_classes, make_predictions, random_probs
+from skinlesion.evaluation.simulated_runs import dataset_classes, make_predictions, random_probs
 
 
 @pytest.mark.parametrize("k,seed", [(2, 0), (3, 1), (6, 2), (8, 3)])
@@ -153,15 +153,40 @@ def test_single_task_main_score_is_bac():
         main_score(m, "f1")
 
 
-def test_evaluate_probs_equals_frame_path():
+# Hand-worked frame: one binary task T (classes a, b), branches x and y, 4 cases, targets 0, 0, 1, 0.
+#   x: (.9,.1) (.4,.6) (.3,.7) (.2,.8)      y: (.7,.3) (.6,.4) (.5,.5) (.6,.4)
+# {x: 3, y: 1} -> weights .75/.25: P(b) = .15, .55, .65, .70 -> predicted a, b, b, b
+#   ACC 2/4; recall a 1/3, b 1/1 -> BAC 2/3; AUC: the positive (.65) beats .15 and .55, not .70 -> 2/3;
+#   class b: TP 1, FP 2, TN 1 -> precision 1/3, specificity 1/3; class a: precision 1, sensitivity 1/3.
+# y alone: P(b) = .3, .4, .5, .4 -> case 3 is an exact tie, argmax takes a: predicted a, a, a, a
+#   ACC 3/4; recall a 3/3, b 0/1 -> BAC 1/2; AUC: .5 beats .3, .4, .4 -> 1; class b never predicted.
+HAND = pd.DataFrame({"case_id": ["c0", "c1", "c2", "c3"], "target/T": [0, 0, 1, 0],
+                     "prob/x/T/a": [.9, .4, .3, .2], "prob/x/T/b": [.1, .6, .7, .8],
+                     "prob/y/T/a": [.7, .6, .5, .6], "prob/y/T/b": [.3, .4, .5, .4]})
+
+
+def test_hand_worked_four_cases():
+    m = evaluate_predictions(HAND, {"x": 3, "y": 1})
+    t = m["tasks"]["T"]
+    assert m["n"] == 4 and m["combination"] == {"x": 3.0, "y": 1.0}
+    assert t["acc"] == pytest.approx(2 / 4) and t["bac"] == pytest.approx(2 / 3) and t["auc"] == pytest.approx(2 / 3)
+    assert t["confusion_matrix"] == [[1, 2], [0, 1]]
+    assert t["per_class"]["b"]["precision"] == pytest.approx(1 / 3)
+    assert t["per_class"]["b"]["specificity"] == pytest.approx(1 / 3)
+    assert t["per_class"]["a"]["precision"] == pytest.approx(1.0)
+    assert t["per_class"]["a"]["sensitivity"] == pytest.approx(1 / 3)
+    assert m["avg_acc"] == pytest.approx(0.5) and main_score(m, "bac") == pytest.approx(2 / 3)
+    alone = evaluate_predictions(HAND, "y")["tasks"]["T"]
+    assert alone["acc"] == pytest.approx(3 / 4) and alone["bac"] == pytest.approx(1 / 2)
+    assert alone["auc"] == pytest.approx(1.0) and alone["per_class"]["b"]["precision"] is None
+    # the same numbers from scikit-learn on the hand-fused probabilities
+    y = np.array([0, 0, 1, 0])
+    pb = np.array([.15, .55, .65, .70])
+    assert balanced_accuracy_score(y, (pb > .5).astype(int)) == pytest.approx(2 / 3)
+    assert roc_auc_score(y, pb) == pytest.approx(2 / 3)
     from skinlesion.evaluation.metrics import evaluate_probs
-    rng = np.random.default_rng(12)
-    cls = dataset_classes("derm7pt")
-    df = make_predictions(cls, 90, ["derm", "clinic", "fusion"], rng)
-    a = evaluate_predictions(df, {"derm": 2, "fusion": 1})
-    b = evaluate_probs(P.targets(df), P.combine(df, {"derm": 2, "fusion": 1}), cls, "derm7pt", {"derm": 2, "fusion": 1})
-    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
-    assert a["combination"] == {"derm": 2.0, "fusion": 1.0} and a["n"] == 90
+    arr = evaluate_probs({"T": y}, {"T": np.stack([1 - pb, pb], 1)}, {"T": ["a", "b"]})
+    assert arr["tasks"]["T"]["bac"] == pytest.approx(2 / 3) and arr["tasks"]["T"]["auc"] == pytest.approx(2 / 3)
 
 
 def test_all_logits_combination_equals_softmax_of_mean_logits():

@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
+from skinlesion.config import expand_sweep, fusion_config_names
 from skinlesion.train import CONFIG_DIR
-from tests.conftest import compose_cfg, run_record, train
+from skinlesion.testing import compose_cfg, run_record, train
 
 CONF = Path(CONFIG_DIR)
-MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
-CH4_MODELS = [m for m in MODELS if m == "image_only" or m.startswith(("jf_", "jif_"))]
+FUSIONS = fusion_config_names()
+CH4_MODELS = ["image_only"] + [f"{arch}_{f}" for arch in ("jf", "jif") for f in FUSIONS]
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
@@ -39,19 +40,19 @@ def test_model_preset_trains_one_epoch(model, data, roots, tmp_path):
         acc = float(((sum(probs) / 3).argmax(1) == y).mean())
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["test"]["all"]["tasks"][task]["acc"] == pytest.approx(acc)
-        assert set(metrics["test"]) == {"image", "meta", "fusion", "all"}   # OFB = "fusion"
+        assert set(metrics["test"]) == {"image", "meta", "fusion", "all", "all_logits"}   # OFB = "fusion"
 
 
 def sweep_points(experiment: str) -> list[list[str]]:
     params = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
-    axes = [[f"{k}={v}" for v in str(vals).split(",")] for k, vals in params.items()]
+    axes = [[f"{k}={v}" for v in expand_sweep(k, str(vals))] for k, vals in params.items()]
     return [list(p) for p in itertools.product(*axes)]
 
 
-@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith("table")])
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith("table4")])
 def test_sweep_preset_configs_all_resolve(experiment, tmp_path):
     points = sweep_points(experiment)
-    assert len(points) == 5 * 11 * 5                   # backbones x methods x folds/seeds
+    assert len(points) == 5 * len(CH4_MODELS) * 5       # backbones x methods x folds/seeds
     # folds/seeds are plain integers: composing every backbone x model pair covers every distinct config
     seen = {}
     for point in points:
@@ -69,7 +70,7 @@ def test_sweep_preset_configs_all_resolve(experiment, tmp_path):
         assert resolved["callbacks"]["early_stopping"]["patience"] == 30 and resolved["tta"] == "six"
         if resolved["model"]["name"].startswith("jif_"):
             assert resolved["model"]["branch_weights"] == {"image": 0.5, "meta": 0.5, "fusion": 1.0}
-    assert len(seen) == 55
+    assert len(seen) == 5 * len(CH4_MODELS)
     if experiment == "table4_2":
         assert resolved["data"]["tasks"] == ["DIAG"] and resolved["data"]["meta"] == "m14"
         assert resolved["data"]["image_keys"] == ["derm"]

@@ -10,7 +10,7 @@ from skinlesion.data import derm7pt, isic2019, pad_ufes
 from skinlesion.data.images import load_rgb
 from skinlesion.data.synthetic import generate
 from skinlesion.errors import DataError
-from tests.conftest import shared
+from skinlesion.testing import shared
 
 
 def counts(table, task=0):

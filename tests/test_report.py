@@ -1,4 +1,5 @@
 import csv
+import shutil
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ from sklearn.metrics import balanced_accuracy_score
 
 from skinlesion.evaluation import predictions as P
 from skinlesion.evaluation.aggregate import collect_jobs, expected_jobs, sweep_values
-from skinlesion.evaluation.synthetic import make_sweep
+from skinlesion.evaluation.simulated_runs import make_sweep
 from skinlesion.report import main
 
 
@@ -186,3 +187,39 @@ def test_report_isic_validation_only(tmp_path):
     assert "[T4.3: 81.8 ± 0.5" in md  # densenet Image cell of T4.3
     stats = json.loads((out / "stats" / "isic2019_val_bac.json").read_text())
     assert stats["friedman"]["note"] and stats["pairs"][0]["n"] == 4
+
+
+def test_stats_method_selection(tmp_path, capsys):
+    # Image, JF-CAT, JIF-CAT(OFB/All) and JIF-MMFA(OFB/All) x 3 folds
+    sweep = make_sweep(tmp_path / "sel", "pad_ufes", models=("image_only", "jf_cat", "jif_cat", "jif_mmfa"),
+                       runs=(0, 1, 2))
+
+    def methods(*extra):
+        out = tmp_path / f"rep{len(extra)}"
+        assert main([str(sweep), "--out", str(out), "--format", "csv", "--no-figures", *extra]) == 0
+        return json.loads((out / "stats" / "pad_ufes_val_bac.json").read_text())
+
+    default = methods()   # the thesis's eight methods that the sweep has; JIF-CAT is not among them
+    assert default["methods"] == ["Image", "JF-CAT", "JIF-MMFA(OFB)", "JIF-MMFA(All)"]
+    assert any("JIF-CAT(OFB)" in n for n in default["notes"]) and default["selection"] == "thesis"
+    assert len(default["pairs"]) == 6 and all(p["n"] == 3 for p in default["pairs"])
+    every = methods("--stats-methods", "all")
+    assert every["methods"] == ["Image", "JF-CAT", "JIF-CAT(OFB)", "JIF-MMFA(OFB)", "JIF-CAT(All)", "JIF-MMFA(All)"]
+    assert every["friedman"]["n_methods"] == 6 and len(every["pairs"]) == 15
+    listed = methods("--stats-methods", "jif-cat(all), Image,JF-XYZ")
+    assert listed["methods"] == ["JIF-CAT(All)", "Image"] and any("JF-XYZ" in n for n in listed["notes"])
+    assert "Friedman needs at least 3 methods" in capsys.readouterr().out
+
+
+def test_glob_sweep_lists_a_deleted_run(tmp_path):
+    # an experiment preset that sweeps the model group with glob(...), like table4_x; one run deleted
+    sweep = make_sweep(tmp_path / "g", "pad_ufes", models=("image_only", "jf_cat"), runs=(0, 1, 2), sweeper_params=True)
+    cfg = yaml.safe_load((sweep / "multirun.yaml").read_text())
+    cfg["hydra"]["sweeper"]["params"]["model"] = "glob([image_only,jf_ca*])"
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    shutil.rmtree(sweep / "4")   # jf_cat, fold 1
+    jobs, notes = collect_jobs([sweep])
+    assert not notes
+    missing = [j for j in jobs if j.status == "missing_job"]
+    assert [j.expected for j in missing] == [{"model": "jf_cat", "data.fold": "1"}]
+    assert sum(j.ok for j in jobs) == 5

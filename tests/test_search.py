@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import numpy as np
@@ -6,52 +7,126 @@ import pytest
 
 from skinlesion.evaluation import predictions as P
 from skinlesion.evaluation import search as S
-from skinlesion.evaluation.synthetic import dataset_classes, make_predictions, write_run
+from skinlesion.evaluation.simulated_runs import dataset_classes, make_predictions, write_run
 
 CLASSES = dataset_classes("derm7pt")
 
 
-def _problem(seed, n=60, quantise=None):
+def reference_search(preds, y, grid_n, low=0.05, high=1.0):
+    """The search written out candidate by candidate, independently of the package: lexicographic
+    (i, j, k), weights g/sum(g), skip a direction already seen (rounded to 1e-9), fuse in float64 as
+    w0*P0 + w1*P1 + w2*P2, np.argmax, count correct (case, task) pairs, keep the first strict maximum.
+    Returns (weights of every candidate, their counts, index of the choice)."""
+    g = np.linspace(low, high, grid_n)
+    seen, weights, counts = set(), [], []
+    for i, j, k in itertools.product(range(grid_n), repeat=3):
+        s = g[i] + g[j] + g[k]
+        w = (g[i] / s, g[j] / s, g[k] / s)
+        key = tuple(np.round(w, 9))
+        if key in seen:
+            continue
+        seen.add(key)
+        correct = 0
+        for t in y:
+            fused = w[0] * preds[0][t] + w[1] * preds[1][t] + w[2] * preds[2][t]
+            correct += int(np.sum(fused.argmax(1) == y[t]))
+        weights.append(w)
+        counts.append(correct)
+    best = 0
+    for idx, c in enumerate(counts):
+        if c > counts[best]:
+            best = idx
+    return np.array(weights), np.array(counts), best
+
+
+def _problem(seed, n=60):
     rng = np.random.default_rng(seed)
     y = {t: rng.integers(0, len(c), n) for t, c in CLASSES.items()}
-    preds = []
-    for sig in (1.2, 0.6, 1.0):
-        p = make_predictions(CLASSES, n, ["b"], rng, signal=sig, y=y)
-        probs = P.branch_probs(p, "b")
-        if quantise:  # coarse probabilities create exact class ties and boundary hits
-            probs = {t: np.round(v * quantise) / quantise for t, v in probs.items()}
-        preds.append(probs)
+    preds = [P.branch_probs(make_predictions(CLASSES, n, ["b"], rng, signal=sig, y=y), "b") for sig in (1.2, 0.6, 1.0)]
     return preds, y
 
 
-@pytest.mark.parametrize("seed,grid_n,quantise", [(0, 8, None), (1, 10, None), (2, 8, 10), (3, 9, 4)])
-@pytest.mark.parametrize("method", ["sweep", "exact"])
-def test_simplex_search_matches_brute_force(seed, grid_n, quantise, method):
-    preds, y = _problem(seed, quantise=quantise)
-    w, correct, idx, n_cand = S.search_simplex_loop(preds, y, grid_n)
-    res = S.search_simplex(preds, y, grid_n, method=method)
-    assert res.n_candidates == n_cand
-    assert res.index == idx
-    assert res.correct == correct
-    np.testing.assert_allclose(res.weights, w, rtol=0, atol=1e-15)
-    assert res.score == pytest.approx(correct / (60 * len(y)))
+def _coarse_problem(seed, n=30, classes=(3, 2), levels=10):
+    """Probabilities on a coarse lattice (multiples of 1/levels): many exact class ties and candidates
+    lying exactly on a decision boundary, where rounding decides the float64 argmax."""
+    rng = np.random.default_rng(seed)
+    y = {f"t{i}": rng.integers(0, k, n) for i, k in enumerate(classes)}
+    preds = [{f"t{i}": rng.integers(0, levels + 1, size=(n, k)) / levels for i, k in enumerate(classes)}
+             for _ in range(3)]
+    return preds, y
+
+
+# Hand-worked case: 3 cases x 2 binary tasks, grid_n = 2 (g = 0.05, 1). The 8 grid cells give 7
+# directions (1,1,1) repeats (0.05,0.05,0.05)), with weights (derm, clinic, fusion):
+#   c0 (1/3, 1/3, 1/3)  c1 (1, 1, 20)/22  c2 (1, 20, 1)/22  c3 (1, 20, 20)/41
+#   c4 (20, 1, 1)/22    c5 (20, 1, 20)/41 c6 (20, 20, 1)/41
+# (case, task): derm / clinic / fusion probabilities -> target: candidates where it is right
+#   (1, A) (0,1)/(1,0)/(.5,.5) -> 0: class 0 iff w_clinic >= w_derm (equal weights tie exactly in
+#          float64 and argmax takes class 0): c0 c1 c2 c3 c6
+#   (1, B) (1,0)/(1,0)/(0,1)   -> 1: iff w_fusion > w_derm + w_clinic: c1
+#   (2, A) (0,1)/(1,0)/(.5,.5) -> 1: iff w_derm > w_clinic strictly: c4 c5
+#   (2, B) (0,1)/(1,0)/(1,0)   -> 1: iff w_derm > w_clinic + w_fusion: c4
+#   (3, A) all (.8,.2)         -> 0: always
+#   (3, B) all (.5,.5)         -> 0: an exact tie in every fusion, decided for class 0: always
+# Counts c0..c6 = 3 4 3 3 4 3 3: c1 and c4 tie at the maximum and the first, c1, wins.
+HAND_PREDS = [
+    {"A": np.array([[0, 1], [0, 1], [.8, .2]]), "B": np.array([[1, 0], [0, 1], [.5, .5]])},   # derm
+    {"A": np.array([[1, 0], [1, 0], [.8, .2]]), "B": np.array([[1, 0], [1, 0], [.5, .5]])},   # clinic
+    {"A": np.array([[.5, .5], [.5, .5], [.8, .2]]), "B": np.array([[0, 1], [1, 0], [.5, .5]])},  # fusion
+]
+HAND_Y = {"A": np.array([0, 1, 0]), "B": np.array([1, 1, 0])}
+
+
+def test_hand_worked_case_with_ties():
+    res = S.search_simplex(HAND_PREDS, HAND_Y, 2)
+    assert (res.index, res.correct, res.n_candidates) == (1, 4, 7)
+    np.testing.assert_allclose(res.weights, [1 / 22, 1 / 22, 20 / 22])
+    assert res.score == pytest.approx(4 / 6)
+    weights, flat = S.simplex_candidates(3, 2)
+    assert len(weights) == 7
+    np.testing.assert_allclose(weights[1], [1 / 22, 1 / 22, 20 / 22])
+    np.testing.assert_allclose(weights[4], [20 / 22, 1 / 22, 1 / 22])
+    assert S.correct_counts_grid(HAND_PREDS, HAND_Y, 2)[flat].tolist() == [3, 4, 3, 3, 4, 3, 3]
+    _, counts, best = reference_search(HAND_PREDS, HAND_Y, 2)
+    assert counts.tolist() == [3, 4, 3, 3, 4, 3, 3] and best == 1
+
+
+@pytest.mark.parametrize("seed,grid_n,levels", [(3, 11, 10), (7, 11, 10), (4, 7, 4), (18, 7, 4), (2, 20, 20),
+                                                 (28, 20, 20), (11, 9, 8)])
+def test_every_candidate_count_equals_the_float64_argmax(seed, grid_n, levels):
+    preds, y = _coarse_problem(seed, levels=levels)
+    weights, counts, best = reference_search(preds, y, grid_n)
+    res = S.search_simplex(preds, y, grid_n)   # the default scorer
+    assert (res.index, res.correct) == (best, counts[best]) and res.weights == list(weights[best])
+    w, flat = S.simplex_candidates(3, grid_n)
+    np.testing.assert_array_equal(w, weights)   # the very weights the loop fuses with
+    np.testing.assert_array_equal(S.correct_counts_grid(preds, y, grid_n)[flat], counts)
+    assert res.method == "interval"
+
+
+@pytest.mark.parametrize("seed,grid_n", [(0, 8), (1, 10), (5, 12)])
+def test_simplex_search_matches_reference_loop(seed, grid_n):
+    preds, y = _problem(seed)
+    weights, counts, best = reference_search(preds, y, grid_n)
+    res = S.search_simplex(preds, y, grid_n)
+    assert res.n_candidates == len(counts) and res.index == best and res.correct == counts[best]
+    assert res.weights == list(weights[best])
+    assert res.score == pytest.approx(counts[best] / (60 * len(y)))
     assert res.score == pytest.approx(S.mean_task_accuracy(S.fuse(preds, res.weights), y))
 
 
-def test_sweep_and_exact_scores_agree_everywhere():
-    preds, y = _problem(11, n=80)
-    w, flat = S.simplex_candidates(3, 15)
-    sweep = S.correct_counts_sweep(preds, y, np.linspace(0.05, 1, 15))[flat]
-    exact = S.correct_counts_exact(preds, y, w)
-    np.testing.assert_array_equal(sweep, exact)
-
-
-def test_all_tied_candidates_pick_first():
+def test_identical_predictions_and_other_prediction_counts():
     preds, y = _problem(4)
-    same = [preds[0]] * 3  # every weight vector gives the same fused argmax
+    same = [preds[0]] * 3  # every weight vector gives the same fused argmax: the first candidate wins
     res = S.search_simplex(same, y, 6)
     assert res.index == 0
     np.testing.assert_allclose(res.weights, [1 / 3] * 3)
+    # four predictions go through batched fusion; checked against fusing each candidate directly
+    four = preds + [preds[1]]
+    res4 = S.search_simplex(four, y, 4)
+    w, _ = S.simplex_candidates(4, 4)
+    direct = [sum(int(np.sum(sum(wm * p[t] for wm, p in zip(row, four)).argmax(1) == y[t])) for t in y) for row in w]
+    assert res4.method == "fused" and res4.correct == max(direct) and res4.index == int(np.argmax(direct))
 
 
 def test_candidates_deduplicated_in_lexicographic_order():
@@ -61,8 +136,25 @@ def test_candidates_deduplicated_in_lexicographic_order():
     assert len({tuple(np.round(r, 9)) for r in w}) == len(w)
     # (0.05, 0.05, 0.05) and (1, 1, 1) are the same direction: only the first survives
     assert flat[0] == 0 and (6 ** 3 - 1) not in set(flat.tolist())
-    full, _ = S.simplex_candidates(3, 50)
-    assert 120_000 < len(full) < 125_000
+    for grid_n, low in ((50, 0.05), (37, 0.01)):
+        g = np.linspace(low, 1.0, grid_n)
+        raw = np.array(list(itertools.product(g, repeat=3)))
+        full = raw / raw.sum(1, keepdims=True)
+        _, first = np.unique(np.round(full, 9), axis=0, return_index=True)
+        _, flat = S.simplex_candidates(3, grid_n, low)
+        np.testing.assert_array_equal(flat, np.sort(first))
+    assert 120_000 < len(S.simplex_candidates(3, 50)[0]) < 125_000
+
+
+def test_bad_predictions_are_refused():
+    preds, y = _problem(6)
+    broken = [dict(p) for p in preds]
+    broken[1]["DIAG"] = broken[1]["DIAG"].copy()
+    broken[1]["DIAG"][3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        S.search_simplex(broken, y, 5)
+    with pytest.raises(ValueError, match="same tasks"):
+        S.search_simplex([preds[0], preds[1], {"DIAG": preds[2]["DIAG"]}], y, 5)
 
 
 def test_line_search_matches_loop():
@@ -111,3 +203,18 @@ def test_search_run_two_branches_and_errors(tmp_path, capsys):
     assert rep["kind"] == "line" and rep["test"] is None
     assert S.main([str(tmp_path / "nowhere")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_nearly_flat_and_one_class_tasks():
+    # a fusion branch that separates two classes by a subnormal amount and a task with a single class
+    preds, y = _coarse_problem(9, levels=5)
+    preds = [dict(p) for p in preds]
+    f = preds[2]["t1"].copy()
+    f[:, 1] = f[:, 0] + np.where(np.arange(len(f)) % 2, 1e-310, -1e-310)
+    preds[2]["t1"] = f
+    for p in preds:
+        p["one"] = np.ones((len(y["t0"]), 1))
+    y = {**y, "one": np.zeros(len(y["t0"]), dtype=int)}
+    weights, counts, best = reference_search(preds, y, 6)
+    _, flat = S.simplex_candidates(3, 6)
+    np.testing.assert_array_equal(S.correct_counts_grid(preds, y, 6)[flat], counts)

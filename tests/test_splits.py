@@ -1,4 +1,4 @@
-"""Fold assignment on the real CSVs (METHODS §1.2–1.4, A-02)."""
+"""Fold assignment on the real CSVs."""
 from __future__ import annotations
 
 import hashlib
@@ -169,7 +169,7 @@ def test_derm7pt_partition_real(derm_index):
     part = derm7pt_partition(len(df), tr, va, te)
     assert [int((part == p).sum()) for p in ("train", "val", "test")] == [413, 203, 395]
     assert (part[tr] == "train").all() and (part[te] == "test").all()
-    # DIAG counts per split (METHODS §1.4) confirm the indexes are 0-based row positions
+    # the published DIAG counts per split confirm the indexes are 0-based row positions
     diag = DERM7PT_TASKS[0]
     codes = df["diagnosis"].map(diag.raw_to_code).to_numpy()
     counts = {p: np.bincount(codes[part == p], minlength=5).tolist() for p in ("train", "val", "test")}

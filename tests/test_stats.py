@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from skinlesion.evaluation.stats import compare_methods, friedman, holm, wide_scores, wilcoxon_pair
+from skinlesion.evaluation.stats import (THESIS_METHODS, compare_methods, friedman, holm, select_methods, wide_scores,
+                                        wilcoxon_pair)
 
 
 def _records(rng, methods=("A", "B", "C"), backbones=("r", "d"), folds=5, shift=(0.0, 0.02, 0.05)):
@@ -56,17 +57,50 @@ def test_wilcoxon_reports_lost_exactness():
     assert big["method"] == "asymptotic" and "n = 60" in big["note"]
 
 
-def test_incomplete_blocks_dropped_with_note():
+def test_missing_run_shortens_only_its_pairs():
     rng = np.random.default_rng(2)
     rec = _records(rng)
     rec = rec[~((rec.backbone == "d") & (rec.fold == 3) & (rec.method == "B"))]
     res = compare_methods(rec, ["backbone", "fold"])
-    assert res["friedman"]["n_blocks"] == 9
-    assert any("d / 3 dropped" in n and "B" in n for n in res["notes"])
-    wide, _ = wide_scores(rec, ["backbone", "fold"])
+    assert res["friedman"]["n_blocks"] == 9 and len(res["all_blocks"]) == 10
+    assert any("d / 3 lacks B" in n for n in res["notes"])
+    full = rec.pivot_table(index=["backbone", "fold"], columns="method", values="score")
+    complete = full.dropna()
+    ref = stats.friedmanchisquare(complete["A"], complete["B"], complete["C"])
+    assert res["friedman"]["p"] == pytest.approx(ref.pvalue)
     for p in res["pairs"]:
-        ref = stats.wilcoxon(wide[p["a"]], wide[p["b"]], method="exact")
-        assert p["p"] == pytest.approx(ref.pvalue) and p["n"] == 9
+        both = full[[p["a"], p["b"]]].dropna()   # the blocks holding both methods of this pair
+        assert p["n"] == len(both) == (9 if "B" in (p["a"], p["b"]) else 10)
+        assert p["n_dropped"] == 10 - p["n"]
+        ref = stats.wilcoxon(both[p["a"]], both[p["b"]], method="exact")
+        assert p["exact"] and p["p"] == pytest.approx(ref.pvalue)
+    wide, notes = wide_scores(rec, ["backbone", "fold"])
+    assert len(wide) == 9 and any("d / 3 dropped" in n for n in notes)
+
+
+def test_selected_methods_only():
+    rng = np.random.default_rng(5)
+    rec = _records(rng, methods=("A", "B", "C", "D"), shift=(0, 0.01, 0.03, 0.05))
+    rec = rec[~((rec.fold == 0) & (rec.method == "D"))]   # D's gaps must not touch a comparison without D
+    res = compare_methods(rec, ["backbone", "fold"], methods=["C", "A", "B"])
+    assert res["methods"] == ["C", "A", "B"] and res["friedman"]["n_blocks"] == 10
+    assert [(p["a"], p["b"], p["n"]) for p in res["pairs"]] == [("C", "A", 10), ("C", "B", 10), ("A", "B", 10)]
+    assert not res["notes"]
+
+
+def test_method_selection_spec():
+    eight = ["Image", "JF-CAT", "JF-MB", "JF-MN", "JF-MA", "JF-MMFA", "JIF-MMFA(OFB)", "JIF-MMFA(All)"]
+    assert THESIS_METHODS == eight
+    present = ["Image", "JF-CAT", "JIF-CAT(OFB)", "JF-MB", "JIF-MMFA(OFB)", "JIF-MMFA(All)", "FusionNet"]
+    chosen, notes = select_methods(present, "thesis")
+    assert chosen == ["Image", "JF-CAT", "JF-MB", "JIF-MMFA(OFB)", "JIF-MMFA(All)"]
+    assert any("JF-MN, JF-MA, JF-MMFA" in n for n in notes) and any("JIF-CAT(OFB), FusionNet" in n for n in notes)
+    assert select_methods(present, "all")[0] == present
+    assert select_methods(["FusionNet", "FusionM4Net"], "thesis")[0] == ["FusionNet", "FusionM4Net"]
+    chosen, notes = select_methods(present, "jif-mmfa (all), image, nope")
+    assert chosen == ["JIF-MMFA(All)", "Image"] and any("nope" in n for n in notes)
+    empty = wilcoxon_pair(np.array([]), np.array([]))
+    assert empty["n"] == 0 and empty["p"] is None
 
 
 def test_holm():

@@ -1,15 +1,18 @@
 """A real sweep (python train.py -m, the reduced table4_1 preset) turned into a report by python report.py."""
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
+from sklearn.metrics import balanced_accuracy_score
 
 from skinlesion.report import main as report_main
-from tests.conftest import REPO
+from skinlesion.testing import REPO
 
 TINY_CLI = ["backbone=test_efficientnet", "backbone.pretrained=false", "trainer=cpu", "trainer.max_epochs=1",
             "data.image_size=32", "data.batch_size=32", "data.num_workers=0", "data.progress=false", "tta=none",
@@ -29,6 +32,19 @@ def sweep(pad_root, tmp_path_factory):
 def test_sweep_runs_the_narrowed_grid(sweep):
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and (p / "run.json").is_file())
     assert jobs == ["0", "1", "2", "3"]
+    records = {j: json.loads((sweep / j / "run.json").read_text()) for j in jobs}
+    assert {j: r["status"] for j, r in records.items()} == dict.fromkeys(jobs, "completed"), records
+    assert sorted((r["model"], r["fold"]) for r in records.values()) == [
+        ("image_only", 0), ("image_only", 1), ("jif_mmfa", 0), ("jif_mmfa", 1)]
+    for j in jobs:
+        assert (sweep / j / "predictions" / "val.parquet").is_file() and (sweep / j / "predictions" / "test.parquet").is_file()
+
+
+def _val_bac(run_dir: Path, branches: list[str]) -> float:
+    """Validation BAC of the mean of ``branches``, straight from the saved parquet columns."""
+    df = pd.read_parquet(run_dir / "predictions" / "val.parquet")
+    prob = sum(df[[c for c in df.columns if c.startswith(f"prob/{b}/diagnostic/")]].to_numpy() for b in branches)
+    return balanced_accuracy_score(df["target/diagnostic"], prob.argmax(1))
 
 
 def test_report_tables_figures_and_html(sweep, tmp_path):
@@ -43,6 +59,18 @@ def test_report_tables_figures_and_html(sweep, tmp_path):
     assert set(summary["backbone"]) >= {"test_efficientnet"}
     html = (out / "report.html").read_text()
     assert "JIF-MMFA(All)" in html and "data:image/png;base64" in html
+    assert pd.read_csv(out / "missing.csv").empty
+    # every number comes from a completed run's own predictions: 2 folds per method, BAC recomputed here
+    runs = pd.read_csv(out / "runs.csv")
+    val = runs[runs.split == "val"]
+    assert sorted(val.groupby("method").size().items()) == [("Image", 2), ("JIF-MMFA(All)", 2), ("JIF-MMFA(OFB)", 2)]
+    outputs = {"Image": ["image"], "JIF-MMFA(OFB)": ["fusion"], "JIF-MMFA(All)": ["image", "meta", "fusion"]}
+    for r in val.itertuples():
+        assert json.loads((Path(r.run) / "run.json").read_text())["status"] == "completed"
+        assert r.score == pytest.approx(_val_bac(Path(r.run), outputs[r.method]))
+    avg = summary[(summary.split == "val") & (summary.backbone == "Average")].set_index("method")
+    for m in outputs:
+        assert avg.loc[m, "n"] == 2 and avg.loc[m, "mean"] == pytest.approx(val[val.method == m]["score"].mean())
 
 
 def test_report_lists_a_missing_run(sweep, tmp_path):

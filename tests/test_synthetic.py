@@ -1,17 +1,24 @@
-"""Synthetic datasets in the official layouts (METHODS §1.2–1.4): files, CSV quirks, determinism, label cues,
-and generated images for the real metadata files of ../shared/data."""
+"""Generated datasets in the official layouts: files, CSV quirks, determinism, label cues, complementary cues in
+the two derm7pt images, and generated images for the real metadata files of ../shared/data."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from skinlesion.data.synthetic import PAD_IMAGE_FOLDERS, generate, main, seven_point_score
 from skinlesion.data.tasks import DERM7PT_TASK_COLUMNS, DERM7PT_TASKS, ISIC_CLASSES, PAD_UFES_TASKS
+from skinlesion.testing import REPO
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 PAD_REAL = DATA / "pad_ufes_20" / "metadata.csv"
@@ -231,6 +238,43 @@ def test_label_dependence(pad, isic, d7):
         assert ridge_bacc(X, y) > 1 / task.num_classes + 0.12, task.name
 
 
+def colour_texture(path: Path) -> np.ndarray:
+    """Colour mean/std inside the lesion disc and on the surrounding ring, and the edge energy of each."""
+    a = np.asarray(Image.open(path).convert("RGB"), dtype=float) / 255
+    yy, xx = np.mgrid[0:a.shape[0], 0:a.shape[1]] / a.shape[0] * 2 - 1
+    r = np.hypot(xx, yy)
+    inner, ring = r < 0.45, (r > 0.6) & (r < 0.95)
+    gy, gx = np.gradient(a.mean(-1))
+    grad = np.hypot(gx, gy)
+    return np.concatenate([a[inner].mean(0), a[inner].std(0), a[ring].mean(0), a[ring].std(0),
+                           [grad[inner].mean(), grad[ring].mean()]])
+
+
+def test_derm7pt_images_carry_complementary_cues(tmp_path):
+    """Each image alone leaves the diagnosis ambiguous; both together resolve it (held-out official test split).
+    The criteria are dermoscopic: the clinical image alone predicts them worse."""
+    root = generate("derm7pt", tmp_path / "d7", n=400, size=32, seed=0, progress=False)
+    meta = pd.read_csv(root / "meta" / "meta.csv")
+    split = {s: pd.read_csv(root / "meta" / f"{s}_indexes.csv")["indexes"].to_numpy()
+             for s in ("train", "valid", "test")}
+    train, test = np.concatenate([split["train"], split["valid"]]), split["test"]
+    feats = {k: np.stack([colour_texture(root / "images" / p) for p in meta[k]]) for k in ("clinic", "derm")}
+    feats["both"] = np.hstack([feats["clinic"], feats["derm"]])
+
+    def bac(task, which):
+        y = meta[DERM7PT_TASK_COLUMNS[task.name]].map(task.raw_to_code).to_numpy()
+        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
+        clf.fit(feats[which][train], y[train])
+        return balanced_accuracy_score(y[test], clf.predict(feats[which][test]))
+
+    diag = {k: bac(DERM7PT_TASKS[0], k) for k in ("clinic", "derm", "both")}
+    assert diag["both"] > max(diag["clinic"], diag["derm"]) + 0.08, diag
+    assert diag["clinic"] > 0.3 and diag["derm"] > 0.3, diag          # each image still informs (chance 0.2)
+    for task in DERM7PT_TASKS[1:]:
+        if task.name in ("PN", "STR", "VS"):                           # drawn in the dermoscopic image only
+            assert bac(task, "derm") > bac(task, "clinic") + 0.1, task.name
+
+
 def test_difficulty_blurs_the_classes(tmp_path):
     def fisher(X, y):   # between-class over within-class scatter: lower = classes overlap more
         mu = X.mean(0)
@@ -318,3 +362,12 @@ def test_cli(tmp_path, capsys):
     assert len(list((out / "ISIC_2019_Training_Input").glob("*.jpg"))) == 20
     assert main(["--layout", "nope", "--out", str(tmp_path / "y"), "--no-progress"]) == 2
     assert "layout" in capsys.readouterr().err
+
+
+def test_module_entry_point(tmp_path):
+    out = tmp_path / "pad"
+    proc = subprocess.run([sys.executable, "-m", "skinlesion.data.synthetic", "--layout", "pad_ufes", "--out",
+                           str(out), "--n", "30", "--size", "16", "--seed", "0", "--no-progress"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(out) and len(pd.read_csv(out / "metadata.csv")) == 30

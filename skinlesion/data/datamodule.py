@@ -1,7 +1,14 @@
-"""One LightningDataModule for the three datasets: official files -> partitions -> tensors."""
+"""LightningDataModules for the three datasets: official files -> partitions -> tensors.
+
+:class:`SkinLesionDataModule` holds the logic for every dataset; :class:`PadUfes20DataModule`,
+:class:`Isic2019DataModule` and :class:`Derm7ptDataModule` fix the dataset and its defaults, so a notebook can
+write ``PadUfes20DataModule(root="data/pad-ufes-20", fold=2)`` without composing a config.
+"""
 from __future__ import annotations
 
+import inspect
 import logging
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -12,12 +19,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from skinlesion.data import derm7pt, isic2019, pad_ufes
-from skinlesion.data.images import ImageCache, load_rgb
+from skinlesion.data.images import ImageCache, check_images, load_rgb
 from skinlesion.data.info import DataInfo
-from skinlesion.data.metadata import build_meta_encoder
+from skinlesion.data.metadata import MetadataVectorizer, build_vectorizer
 from skinlesion.data.table import CaseTable, check_root
 from skinlesion.data.tasks import DERM7PT_TASK_COLUMNS, select_tasks
-from skinlesion.data.transforms import geometric, photometric, to_tensor
+from skinlesion.data.transforms import geometric, photometric, resolve_augment, to_tensor
 from skinlesion.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -103,7 +110,7 @@ class SkinLesionDataModule(L.LightningDataModule):
         if normalize not in ("imagenet", "raw_bgr"):
             raise ConfigError(f"data.normalize={normalize!r}: expected 'imagenet' or 'raw_bgr'")
         self.missing_images, self.normalize = missing_images, normalize   # applied on the device by the module
-        self.augment = dict(augment or {})
+        self.augment = resolve_augment(augment)   # None: the default training augmentation
         self.cache_cfg = dict(cache or {})
         self.progress = progress
         self.input_keys: tuple[str, ...] = keys   # narrowed to what the model reads (set_input_keys)
@@ -117,17 +124,28 @@ class SkinLesionDataModule(L.LightningDataModule):
 
     # --- description known from the config alone ----------------------------------------------------
     def _describe_meta(self) -> tuple[int, list[str]]:
-        """Width of the encoded metadata and the CSV fields it reads (-1: learned vocabulary, known after setup)."""
+        """Width of the encoded metadata and the CSV fields it reads (-1: learned vocabulary, known after setup).
+
+        Building the vectorizer here checks the variant and field names before any file is read."""
         if self.meta_variant is None:
             return 0, []
+        vec = self._vectorizer()
+        return (-1 if self.meta_fields else vec.dim), vec.field_names
+
+    def _vectorizer(self, source: str | None = None) -> MetadataVectorizer:
         if self.meta_fields:
-            return -1, list(self.meta_fields)
-        variant = None if self.meta_variant == "default" else self.meta_variant
+            setting = f"data.meta_fields={list(self.meta_fields)}"
+            kwargs = {"variant": "custom", "fields": list(self.meta_fields)}
+        else:
+            setting = f"data.meta={self.meta_variant}"
+            kwargs = {"variant": None if self.meta_variant == "default" else self.meta_variant}
+        if self.meta_clean:
+            setting += ", data.meta_clean=true"
         try:
-            enc = build_meta_encoder(self.dataset, variant, self.meta_clean)
-        except ValueError as e:
-            raise ConfigError(f"data.meta: {e}") from None
-        return enc.dim, enc.field_names
+            return build_vectorizer(self.dataset, clean=self.meta_clean, scale_numeric=self.scale_numeric,
+                                    source=source, **kwargs)
+        except ConfigError as e:
+            raise ConfigError(f"{setting}: {e}") from None
 
     @property
     def info(self) -> DataInfo:
@@ -163,10 +181,15 @@ class SkinLesionDataModule(L.LightningDataModule):
                 raise ConfigError(str(e)) from None
         table, partition, fold_col = self._handle_missing(table, partition, fold_col)
         self.table, self.partition, self.fold_col = table, partition, fold_col
-        self._fit_meta()
-        cached = self._build_cache()
-        self.datasets = {part: self._make(part, cached) for part in ("train", "val", "test")
-                         if (partition == part).any()}
+        try:
+            self._fit_meta()
+            self._check_images()
+            cached = self._build_cache()
+            self.datasets = {part: self._make(part, cached) for part in ("train", "val", "test")
+                             if (partition == part).any()}
+        except BaseException:
+            self.table = None   # a failed setup leaves nothing that a second call would mistake for done
+            raise
         log.info("%s: %s", self.dataset, {p: len(d) for p, d in self.datasets.items()})
 
     def _handle_missing(self, table, partition, fold_col):
@@ -192,16 +215,37 @@ class SkinLesionDataModule(L.LightningDataModule):
         if self.meta_variant is None:
             self.meta = np.zeros((n, 0), dtype=np.float32)
             return
-        variant = None if self.meta_variant == "default" else self.meta_variant
-        kwargs = {"fields": list(self.meta_fields), "variant": "custom"} if self.meta_fields else {"variant": variant}
-        enc = build_meta_encoder(self.dataset, clean=self.meta_clean, scale_numeric=self.scale_numeric,
-                                 source=self.table.source.name, **kwargs)
+        vec = self._vectorizer(source=str(self.table.source))
+        vec.check(self.table.frame)          # every row, so the error names the first bad line of the file
         train = self.partition == "train"
-        enc.fit(self.table.frame.iloc[np.flatnonzero(train)])   # learned parts (scaling, vocab) see train only
-        self.meta = enc.transform(self.table.frame)
-        self.meta_columns = list(enc.columns)
+        vec.fit(self.table.frame.iloc[np.flatnonzero(train)])   # learned parts (scaling, vocab) see train only
+        self.meta = vec.transform(self.table.frame)
+        self.meta_columns = list(vec.columns)
         if self._info.meta_dim == -1:
-            self._info = DataInfo(self.dataset, self._info.tasks, self.image_keys, enc.dim, self._info.meta_leaks)
+            self._info = DataInfo(self.dataset, self._info.tasks, self.image_keys, vec.dim, self._info.meta_leaks)
+
+    def _check_images(self) -> None:
+        """Every image the model reads must open: a corrupt file fails here, not epochs into training."""
+        keys = self.input_keys
+        paths = [p for k in keys for p in self.table.images[k]]
+        if not paths:
+            return
+        unique = list(dict.fromkeys(paths))      # derm7pt cases with clinic == derm list one file twice
+        found = dict(zip(unique, check_images(unique, workers=min(32, 4 * (os.cpu_count() or 1)),
+                                              progress=self.progress)))
+        problems = [found[p] for p in paths]
+        bad = [i for i, p in enumerate(problems) if p is not None]
+        if not bad:
+            return
+        n = len(self.table)
+        # report the first bad case in CSV order (paths are grouped by modality)
+        first = min(bad, key=lambda i: (i % n, i // n))
+        row = first % n
+        n_bad = len({paths[i] for i in bad})
+        raise DataError(f"{paths[first]}: cannot decode image (case {self.table.case_ids[row]}, "
+                        f"{self.table.source.name} line {self.table.csv_line(row)}): {problems[first]}; "
+                        f"{n_bad} of {len(unique)} image file(s) fail this check. Replace the file(s) or remove "
+                        f"their rows.")
 
     def _build_cache(self) -> dict[Path, Path] | None:
         if not self.cache_cfg.get("enabled", False) or not self.input_keys:
@@ -249,3 +293,61 @@ class SkinLesionDataModule(L.LightningDataModule):
 
     def has_partition(self, part: str) -> bool:
         return part in self.datasets
+
+
+_SETTINGS = tuple(inspect.signature(SkinLesionDataModule.__init__).parameters)[1:]
+
+
+class _DatasetDataModule(SkinLesionDataModule):
+    """A :class:`SkinLesionDataModule` whose dataset is fixed by the class."""
+
+    DATASET: str = ""
+    DEFAULTS: dict = {}
+
+    def __init__(self, root: str | None = None, fold: int = 0, **settings):
+        dataset = settings.pop("dataset", self.DATASET)
+        if dataset != self.DATASET:
+            other = _CLASS_OF.get(dataset, f"one of {sorted(_CLASS_OF.values())}")
+            raise ConfigError(f"data.dataset={dataset!r}: {type(self).__name__} reads {self.DATASET!r}; use {other}")
+        unknown = sorted(set(settings) - set(_SETTINGS))
+        if unknown:
+            raise ConfigError(f"data: unknown setting(s) {unknown} for {type(self).__name__}; expected some of "
+                              f"{list(_SETTINGS)}")
+        augment = {**self.DEFAULTS.get("augment", {}), **(settings.pop("augment", None) or {})}
+        super().__init__(self.DATASET, root=root, fold=fold, **{**self.DEFAULTS, **settings, "augment": augment})
+
+
+class PadUfes20DataModule(_DatasetDataModule):
+    """PAD-UFES-20: ``metadata.csv`` + ``images/imgs_part_{1,2,3}/``; 6-class diagnosis from the clinical photo.
+
+    ``fold`` 0..4 selects the validation fold of the 5-fold split; the held-out test partition is the same for
+    every fold. Metadata defaults to the 81-wide encoding (``meta="m45"`` for the 45-wide one, None for none).
+    """
+
+    DATASET = "pad_ufes"
+    DEFAULTS = {"meta": "m81"}
+
+
+class Isic2019DataModule(_DatasetDataModule):
+    """ISIC-2019 training set: ground-truth and metadata CSVs + ``ISIC_2019_Training_Input/``; 8 classes.
+
+    ``fold`` 0..4 is the validation (and reported) partition; there is no labelled test partition.
+    """
+
+    DATASET = "isic2019"
+    DEFAULTS = {"meta": "isic11"}
+
+
+class Derm7ptDataModule(_DatasetDataModule):
+    """derm7pt release_v0: ``meta/meta.csv``, the official index files and ``images/``.
+
+    Defaults to the two-image, eight-task setting (dermoscopy first, 20-wide metadata, brightness/contrast
+    jitter drawn per image). The one-image diagnosis setting: ``tasks=["DIAG"], image_keys=["derm"],
+    meta="m14", augment={"brightness_contrast": False}``. The split is the official one (``fold`` is unused).
+    """
+
+    DATASET = "derm7pt"
+    DEFAULTS = {"meta": "m20", "augment": {"brightness_contrast": True}}
+
+
+_CLASS_OF = {c.DATASET: c.__name__ for c in (PadUfes20DataModule, Isic2019DataModule, Derm7ptDataModule)}

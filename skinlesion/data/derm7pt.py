@@ -1,4 +1,4 @@
-"""derm7pt / seven-point checklist, release_v0 (METHODS §1.4): ``meta/`` CSVs and ``images/<csv path>``."""
+"""derm7pt / seven-point checklist, release_v0 (Kawahara et al. 2019): ``meta/`` CSVs and ``images/<csv path>``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,13 +11,19 @@ from skinlesion.data.tasks import DERM7PT_TASK_COLUMNS, DERM7PT_TASKS
 from skinlesion.errors import DataError
 
 NAME = "derm7pt"
-IMAGE_KEYS = ("derm", "clinic")   # branch order of METHODS A-25: dermoscopy first
+IMAGE_KEYS = ("derm", "clinic")   # branch order: dermoscopy first (primary image)
 TASKS = DERM7PT_TASKS
+METADATA = "meta/meta.csv"
+# the release's header of meta/meta.csv, in order
+COLUMNS = ("case_num", "diagnosis", "seven_point_score", "pigment_network", "streaks", "pigmentation",
+           "regression_structures", "dots_and_globules", "blue_whitish_veil", "vascular_structures",
+           "level_of_diagnostic_difficulty", "elevation", "location", "sex", "management", "clinic", "derm",
+           "case_id", "notes")
 INDEX_FILES = {"train": "train_indexes.csv", "val": "valid_indexes.csv", "test": "test_indexes.csv"}
 
 
 def read(root: Path, **_: object) -> CaseTable:
-    path = root / "meta" / "meta.csv"
+    path = root / METADATA
     df = read_csv(path, ["case_num", *DERM7PT_TASK_COLUMNS.values(), "clinic", "derm"], "derm7pt meta")
     targets = np.stack([map_labels(df[DERM7PT_TASK_COLUMNS[t.name]], t, path, DERM7PT_TASK_COLUMNS[t.name])
                         for t in TASKS], axis=1)
@@ -46,4 +52,7 @@ def partition(table: CaseTable, root: Path) -> np.ndarray:
             raise DataError(f"{f}, line {i + 2}, column 'indexes': expected a 0-based row number, "
                             f"got {df['indexes'].iloc[i]!r}")
         idx[part] = values.to_numpy(dtype=np.int64)
-    return derm7pt_partition(len(table), idx["train"], idx["val"], idx["test"], source=str(root / "meta"))
+    try:
+        return derm7pt_partition(len(table), idx["train"], idx["val"], idx["test"], source=str(root / "meta"))
+    except ValueError as e:   # an index out of range, repeated, or in two files: the files are at fault
+        raise DataError(str(e)) from None

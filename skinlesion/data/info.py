@@ -16,5 +16,5 @@ class DataInfo:
 
     @property
     def main_metric(self) -> str:
-        """BAC for single-task data, AVG ACC over the tasks otherwise (METHODS §6)."""
+        """BAC for single-task data, AVG ACC over the tasks otherwise."""
         return "bac" if len(self.tasks) == 1 else "avg_acc"

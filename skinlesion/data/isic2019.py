@@ -1,4 +1,4 @@
-"""ISIC-2019 training set (METHODS §1.3): ground-truth + metadata CSVs and a folder of JPEGs."""
+"""ISIC-2019 training set: ground-truth + metadata CSVs and a folder of JPEGs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,9 +14,13 @@ IMAGE_KEYS = ("derm",)
 TASKS = ISIC2019_TASKS
 GROUND_TRUTH = "ISIC_2019_Training_GroundTruth.csv"
 METADATA = "ISIC_2019_Training_Metadata.csv"
+IMAGE_DIR = "ISIC_2019_Training_Input"
+# the release's headers, in order: ground truth is one-hot in the challenge's (not alphabetical) class order
+GROUND_TRUTH_COLUMNS = ("image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
+METADATA_COLUMNS = ("image", "age_approx", "anatom_site_general", "lesion_id", "sex")
 
 
-def read(root: Path, image_dir: str = "ISIC_2019_Training_Input", **_: object) -> CaseTable:
+def read(root: Path, image_dir: str = IMAGE_DIR, **_: object) -> CaseTable:
     gt_path, meta_path = root / GROUND_TRUTH, root / METADATA
     gt = read_csv(gt_path, ["image", *ISIC_CLASSES, "UNK"], "ISIC-2019 ground truth")
     meta = read_csv(meta_path, ["image", "age_approx", "anatom_site_general", "sex"], "ISIC-2019 metadata")
@@ -30,7 +34,7 @@ def read(root: Path, image_dir: str = "ISIC_2019_Training_Input", **_: object) -
     if bad.size:
         raise DataError(f"{gt_path}, line {bad[0] + 2} (image {gt['image'].iloc[bad[0]]}): expected exactly one "
                         f"1.0 among {list(ISIC_CLASSES)} ({bad.size} row(s) affected)")
-    # Keep the metadata file's row order (METHODS §1.3); every metadata row needs its ground truth.
+    # Keep the metadata file's row order (folds are drawn in it); every metadata row needs its ground truth.
     label_of = dict(zip(gt["image"].astype(str), onehot.argmax(axis=1)))
     names = meta["image"].astype(str)
     missing = [n for n in names if n not in label_of]

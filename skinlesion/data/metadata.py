@@ -1,6 +1,7 @@
-"""Metadata encoders: raw official CSV columns -> float32 feature matrix (METHODS §1.2–1.4, A-01, A-03).
+"""Metadata vectorizers: raw official CSV columns -> float32 feature matrix.
 
-Each encoder is a list of fields, each either *numeric* (one output column, missing -> 0) or *categorical*
+A :class:`MetadataVectorizer` turns CSV rows into the vectors a model's metadata encoder reads. It is a list of
+fields, each either *numeric* (one output column, missing -> 0) or *categorical*
 (one-hot over a vocabulary; a missing value gives an all-zero block). The fixed variants freeze their column
 lists as constants, so the width never depends on which values a fold happens to contain.
 """
@@ -14,9 +15,11 @@ from numbers import Number
 import numpy as np
 import pandas as pd
 
+from skinlesion.errors import ConfigError, DataError
+
 
 class UnseenCategoryWarning(UserWarning):
-    """A categorical value outside the encoder's vocabulary was encoded as an all-zero block."""
+    """A categorical value outside the vectorizer's vocabulary was encoded as an all-zero block."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ _FIXED_FIELDS = {
     ("derm7pt", "m20"): DERM_M20_FIELDS,
     ("derm7pt", "m14"): DERM_M14_FIELDS,
 }
-# fields a custom encoder may use, and which of them are numeric
+# fields a custom field list may use, and which of them are numeric
 ALLOWED_FIELDS = {
     "pad_ufes": tuple(_PAD_VOCAB),
     "isic2019": ("age_approx", "anatom_site_general", "sex"),
@@ -187,25 +190,31 @@ def _norm_value(v) -> str | None:
     return str(int(f)) if f.is_integer() else s
 
 
+def _csv_line(df: pd.DataFrame, i: int) -> int | str:
+    """CSV line of row position ``i``: frames read from a CSV keep its row numbers as index (header = line 1)."""
+    label = df.index[i]
+    return int(label) + 2 if isinstance(label, (int, np.integer)) else f"? (row {label!r})"
+
+
 def _normalise(series: pd.Series) -> list[str | None]:
     return [_norm_value(v) for v in series.tolist()]
 
 
 def _check_dataset(dataset: str) -> None:
     if dataset not in META_VARIANTS:
-        raise ValueError(f"unknown dataset '{dataset}'; expected one of {sorted(META_VARIANTS)}")
+        raise ConfigError(f"unknown dataset '{dataset}'; expected one of {sorted(META_VARIANTS)}")
 
 
 def _check_forbidden(dataset: str, names) -> None:
     reasons = _FORBIDDEN_REASONS[dataset]
     for name in names:
         if name in reasons:
-            raise ValueError(f"metadata field '{name}' is {reasons[name]} and must never be a feature "
+            raise ConfigError(f"metadata field '{name}' is {reasons[name]} and must never be a feature "
                              f"(dataset '{dataset}')")
 
 
-class MetaEncoder:
-    """Encode metadata columns of one dataset into a float32 matrix.
+class MetadataVectorizer:
+    """Turn the metadata columns of one dataset's CSV rows into a float32 matrix.
 
     ``fit`` learns only what must be learned from training rows: the numeric mean/std when
     ``scale_numeric=True``, and the vocabularies of a custom field list. Fixed variants need no fit unless
@@ -245,22 +254,31 @@ class MetaEncoder:
 
     def _require_vocab(self) -> None:
         if self._learn_vocab and not self._fitted:
-            raise RuntimeError(f"the '{self.variant}' {self.dataset} metadata encoder learns its categories in "
+            raise RuntimeError(f"the '{self.variant}' {self.dataset} metadata vectorizer learns its categories in "
                                f"fit(); call fit(df_train) before using its columns or transform()")
 
     def __repr__(self) -> str:
         dim = self.dim if (self._fitted or not self._learn_vocab) else "?"
-        return (f"MetaEncoder(dataset={self.dataset!r}, variant={self.variant!r}, dim={dim}, "
+        return (f"MetadataVectorizer(dataset={self.dataset!r}, variant={self.variant!r}, dim={dim}, "
                 f"scale_numeric={self.scale_numeric})")
 
     # -- fit / transform -----------------------------------------------------------------------------------
     def _check_columns(self, df: pd.DataFrame) -> None:
         missing = [f.name for f in self._fields if f.name not in df.columns]
         if missing:
-            raise ValueError(f"{self.dataset} metadata ({self.variant}): column(s) {missing} not found in "
-                             f"{self.source}; available columns: {list(df.columns)}")
+            raise DataError(f"{self.source}, line 1 (header): missing column(s) {missing} read by the "
+                            f"{self.dataset} '{self.variant}' metadata; expected a header with "
+                            f"{self.field_names}")
 
-    def fit(self, df_train: pd.DataFrame) -> "MetaEncoder":
+    def check(self, df: pd.DataFrame) -> None:
+        """Fail on the first problem in ``df`` (a missing column, a non-numeric value in a numeric column),
+        naming the file, CSV line and column; rows keep the CSV's index, so line = index + 2."""
+        self._check_columns(df)
+        for f in self._fields:
+            if f.numeric:
+                self._numeric_values(df, f.name)
+
+    def fit(self, df_train: pd.DataFrame) -> "MetadataVectorizer":
         self._check_columns(df_train)
         if self._learn_vocab:
             learned = []
@@ -284,11 +302,11 @@ class MetaEncoder:
     def _numeric_values(self, df: pd.DataFrame, name: str) -> np.ndarray:
         raw = df[name]
         vals = pd.to_numeric(raw, errors="coerce")
-        bad = vals.isna() & ~raw.isna()
+        bad = (vals.isna() & ~raw.isna()) | np.isinf(vals)
         if bad.any():
-            examples = sorted({str(v) for v in raw[bad].tolist()})[:5]
-            raise ValueError(f"{self.dataset} metadata: numeric column '{name}' in {self.source} has "
-                             f"{int(bad.sum())} non-numeric value(s), e.g. {examples}")
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(f"{self.source}, line {_csv_line(df, i)}, column '{name}': expected a number or an "
+                            f"empty cell, got {raw.iloc[i]!r} ({int(bad.sum())} row(s) affected)")
         # missing numeric values become 0 (faithful to the reference encoding; no imputation)
         return vals.fillna(0).to_numpy(dtype=np.float64)
 
@@ -344,20 +362,20 @@ def _resolve(dataset: str, variant: str | None, clean: bool) -> tuple[str, tuple
     _check_dataset(dataset)
     variant = DEFAULT_META[dataset] if variant is None else variant
     if variant not in META_VARIANTS[dataset]:
-        raise ValueError(f"unknown metadata variant '{variant}' for dataset '{dataset}'; expected one of "
+        raise ConfigError(f"unknown metadata variant '{variant}' for dataset '{dataset}'; expected one of "
                          f"{list(META_VARIANTS[dataset]) + [CUSTOM]}")
     if clean and dataset != "derm7pt":
-        raise ValueError(f"clean=True (drop management and difficulty) applies only to derm7pt, not '{dataset}'")
+        raise ConfigError(f"clean=True (drop management and difficulty) applies only to derm7pt, not '{dataset}'")
     fields = _FIXED_FIELDS[(dataset, variant)]
     if clean:
         fields = tuple(f for f in fields if f.name not in _DERM_CLEAN_DROP)
     return variant, fields
 
 
-def build_meta_encoder(dataset: str, variant: str | None = None, clean: bool = False,
+def build_vectorizer(dataset: str, variant: str | None = None, clean: bool = False,
                        scale_numeric: bool = False, source: str | None = None,
-                       fields: list[str] | None = None) -> MetaEncoder:
-    """Build the metadata encoder for ``dataset``.
+                       fields: list[str] | None = None) -> MetadataVectorizer:
+    """The metadata vectorizer of ``dataset``.
 
     ``variant``: None (dataset default), a name from :data:`META_VARIANTS`, or ``"custom"`` with ``fields``
     (vocabularies then learned in ``fit``). ``source`` is the file name used in error messages (defaults to
@@ -367,32 +385,36 @@ def build_meta_encoder(dataset: str, variant: str | None = None, clean: bool = F
     source = DEFAULT_SOURCE[dataset] if source is None else source
     if variant == CUSTOM:
         if not fields:
-            raise ValueError("variant='custom' needs a non-empty `fields` list")
+            raise ConfigError("variant='custom' needs a non-empty `fields` list")
         fields = list(fields)
         _check_forbidden(dataset, fields)
         unknown = [f for f in fields if f not in ALLOWED_FIELDS[dataset]]
         if unknown:
-            raise ValueError(f"unknown metadata field(s) {unknown} for dataset '{dataset}'; expected a subset "
+            raise ConfigError(f"unknown metadata field(s) {unknown} for dataset '{dataset}'; expected a subset "
                              f"of {list(ALLOWED_FIELDS[dataset])}")
         dup = sorted({f for f in fields if fields.count(f) > 1})
         if dup:
-            raise ValueError(f"metadata field(s) {dup} listed more than once")
+            raise ConfigError(f"metadata field(s) {dup} listed more than once")
         if clean:
-            raise ValueError("clean=True applies to the fixed derm7pt variants; list the fields to keep instead")
+            raise ConfigError("clean=True applies to the fixed derm7pt variants; list the fields to keep instead")
         # vocab () is a placeholder replaced in fit
         spec = tuple(Field(f) if f in NUMERIC_FIELDS[dataset] else Field(f, ()) for f in fields)
-        return MetaEncoder(dataset, CUSTOM, spec, scale_numeric=scale_numeric, source=source, learn_vocab=True)
+        return MetadataVectorizer(dataset, CUSTOM, spec, scale_numeric=scale_numeric, source=source, learn_vocab=True)
     if fields is not None:
-        raise ValueError(f"`fields` is only used with variant='custom' (got variant={variant!r})")
+        raise ConfigError(f"`fields` is only used with variant='custom' (got variant={variant!r})")
     variant, spec = _resolve(dataset, variant, clean)
     name = f"{variant}-clean" if clean else variant
-    return MetaEncoder(dataset, name, spec, scale_numeric=scale_numeric, source=source)
+    return MetadataVectorizer(dataset, name, spec, scale_numeric=scale_numeric, source=source)
 
 
 def meta_dim(dataset: str, variant: str | None = None, clean: bool = False) -> int:
     """Width of a fixed metadata variant, without reading any data."""
     if variant == CUSTOM:
-        raise ValueError("the width of a 'custom' metadata encoder depends on its training rows; "
-                         "use build_meta_encoder(...).fit(df).dim")
+        raise ConfigError("the width of a 'custom' metadata vectorizer depends on its training rows; "
+                         "use build_vectorizer(...).fit(df).dim")
     _, spec = _resolve(dataset, variant, clean)
     return sum(len(f.columns) for f in spec)
+
+
+# The former name, kept for callers outside the data package.
+build_meta_encoder = build_vectorizer

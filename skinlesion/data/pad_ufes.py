@@ -1,4 +1,4 @@
-"""PAD-UFES-20 (METHODS §1.2): ``metadata.csv`` + PNGs spread over ``images/imgs_part_{1,2,3}/``."""
+"""PAD-UFES-20 (Pacheco et al. 2020): ``metadata.csv`` + PNGs spread over ``images/imgs_part_{1,2,3}/``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,10 +13,16 @@ NAME = "pad_ufes"
 IMAGE_KEYS = ("clinic",)        # smartphone clinical photographs
 TASKS = PAD_UFES_TASKS
 IMAGE_FOLDERS = ("images/imgs_part_1", "images/imgs_part_2", "images/imgs_part_3")
+METADATA = "metadata.csv"
+# the release's header, in order (the reader needs only some of these; the generator writes all of them)
+COLUMNS = ("patient_id", "lesion_id", "smoke", "drink", "background_father", "background_mother", "age",
+           "pesticide", "gender", "skin_cancer_history", "cancer_history", "has_piped_water", "has_sewage_system",
+           "fitspatrick", "region", "diameter_1", "diameter_2", "diagnostic", "itch", "grew", "hurt", "changed",
+           "bleed", "elevation", "img_id", "biopsed")
 
 
 def read(root: Path, **_: object) -> CaseTable:
-    path = root / "metadata.csv"
+    path = root / METADATA
     df = read_csv(path, ["patient_id", "lesion_id", "diagnostic", "img_id"], "PAD-UFES-20 metadata")
     targets = map_labels(df["diagnostic"], TASKS[0], path, "diagnostic")[:, None]
     # The release does not say which of the three folders holds an image: index all of them by name.

@@ -1,7 +1,7 @@
-"""Fold assignment for PAD-UFES-20, ISIC-2019 and derm7pt (METHODS §1.2–1.4, A-02).
+"""Fold assignment for PAD-UFES-20, ISIC-2019 and derm7pt (the published protocols).
 
-Folds are returned 0-based: PAD CV folds 0..4 are METHODS folds 1..5 and -1 is the fixed held-out test
-partition (METHODS fold 6). Assignments depend on scikit-learn's StratifiedKFold algorithm, so they are
+Folds are returned 0-based: PAD CV folds 0..4 are the protocol's folds 1..5 and -1 is the fixed held-out test
+partition (its fold 6). Assignments depend on scikit-learn's StratifiedKFold algorithm, so they are
 deterministic for a given scikit-learn version and seed.
 """
 from __future__ import annotations

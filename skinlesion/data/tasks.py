@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from skinlesion.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Task:
@@ -26,15 +28,15 @@ def _task(name: str, groups: dict[str, tuple[str, ...]]) -> Task:
     return Task(name, tuple(groups), raw)
 
 
-# PAD-UFES-20: alphabetical codes (METHODS §1.2).
+# PAD-UFES-20: alphabetical codes.
 PAD_UFES_TASKS = (Task("diagnostic", ("ACK", "BCC", "MEL", "NEV", "SCC", "SEK"),
                        {c: i for i, c in enumerate(("ACK", "BCC", "MEL", "NEV", "SCC", "SEK"))}),)
 
-# ISIC-2019: one-hot ground-truth columns, alphabetical codes; UNK is all-zero and dropped (METHODS §1.3).
+# ISIC-2019: one-hot ground-truth columns, alphabetical codes; UNK is all-zero and dropped.
 ISIC_CLASSES = ("AK", "BCC", "BKL", "DF", "MEL", "NV", "SCC", "VASC")
 ISIC2019_TASKS = (Task("diagnosis", ISIC_CLASSES, {c: i for i, c in enumerate(ISIC_CLASSES)}),)
 
-# derm7pt: canonical task order [DIAG, PN, STR, PIG, RS, DaG, BWV, VS] (METHODS §1.4).
+# derm7pt: canonical task order [DIAG, PN, STR, PIG, RS, DaG, BWV, VS].
 _ABS = ("absent",)
 DERM7PT_TASKS = (
     _task("DIAG", {
@@ -64,7 +66,7 @@ DERM7PT_TASK_COLUMNS = {
     "VS": "vascular_structures",
 }
 
-# The 17 non-absent categories averaged into derm7pt's AVG AUC (METHODS §6.2).
+# The 17 non-absent categories averaged into derm7pt's AVG AUC.
 DERM7PT_AUC_CATEGORIES = (
     ("DIAG", "BCC"), ("DIAG", "NEV"), ("DIAG", "MEL"), ("DIAG", "MISC"), ("DIAG", "SK"),
     ("PN", "TYP"), ("PN", "ATP"), ("STR", "REG"), ("STR", "IR"), ("PIG", "REG"), ("PIG", "IR"),
@@ -88,6 +90,6 @@ def select_tasks(dataset: str, names: list[str] | None = None) -> tuple[Task, ..
     known = {t.name for t in tasks}
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"data.tasks: unknown task(s) {unknown} for dataset '{dataset}'; "
+        raise ConfigError(f"data.tasks: unknown task(s) {unknown} for dataset '{dataset}'; "
                          f"expected a subset of {[t.name for t in tasks]}")
     return tuple(t for t in tasks if t.name in names)

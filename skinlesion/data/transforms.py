@@ -1,36 +1,76 @@
-"""albumentations pipelines (METHODS §2.4) and the test-time views (A-16)."""
+"""albumentations pipelines for training and evaluation, and the test-time views (flips and 90° rotations)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
+
+from skinlesion.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# The training augmentation of the published recipe: with probability ``p`` one block of geometric operations
+# (each applied with probability 0.5), plus brightness/contrast where a preset turns it on.
+DEFAULT_AUGMENT = {
+    "p": 0.5,                      # probability of the whole block
+    "flips": True,                 # vertical and horizontal flip
+    "affine": True,                # shift-scale-rotate
+    "shift": 0.0625,               # fraction of the image size
+    "scale": 0.5,                  # one isotropic factor in [1 - scale, 1 + scale]
+    "rotate": 45,                  # degrees
+    "rotate90": True,
+    "brightness_contrast": False,
+}
+
+
+def resolve_augment(aug: dict | None) -> dict:
+    """``aug`` over :data:`DEFAULT_AUGMENT`; an unknown key is a config error rather than silently ignored."""
+    aug = dict(aug or {})
+    unknown = sorted(set(aug) - set(DEFAULT_AUGMENT))
+    if unknown:
+        raise ConfigError(f"data.augment: unknown key(s) {unknown}; expected some of {list(DEFAULT_AUGMENT)}")
+    return {**DEFAULT_AUGMENT, **aug}
+
+
+def shift_scale_rotate(shift: float, scale: float, rotate: float, p: float = 0.5) -> A.Affine:
+    """Shift, one isotropic scale factor and a rotation, borders filled by reflection (edge pixel not repeated).
+
+    ``keep_ratio`` makes albumentations draw a single scale for both axes (it draws x and y independently
+    otherwise, which stretches lesions); reflected borders avoid the black corners a constant fill leaves when
+    an image is shrunk or rotated.
+    """
+    return A.Affine(translate_percent=(-shift, shift), scale=(1 - scale, 1 + scale), keep_ratio=True,
+                    rotate=(-rotate, rotate), border_mode=cv2.BORDER_REFLECT_101, p=p)
+
+
 def geometric(image_size: int, train: bool, aug: dict, extra_keys: Sequence[str] = ()) -> A.Compose:
     """Resize (no crop) and, for training, the geometric block; extra keys get the same parameters."""
+    aug = resolve_augment(aug)
     ops: list = [A.Resize(image_size, image_size)]
-    if train and aug.get("p", 0) > 0:
+    if train and aug["p"] > 0:
         block = []
-        if aug.get("flips", True):
+        if aug["flips"]:
             block += [A.VerticalFlip(p=0.5), A.HorizontalFlip(p=0.5)]
-        if aug.get("affine", True):
-            block.append(A.Affine(translate_percent=(-aug.get("shift", 0.0625), aug.get("shift", 0.0625)),
-                                  scale=(1 - aug.get("scale", 0.5), 1 + aug.get("scale", 0.5)),
-                                  rotate=(-aug.get("rotate", 45), aug.get("rotate", 45)), p=0.5))
-        if aug.get("rotate90", True):
+        if aug["affine"]:
+            block.append(shift_scale_rotate(aug["shift"], aug["scale"], aug["rotate"]))
+        if aug["rotate90"]:
             block.append(A.RandomRotate90(p=0.5))
         ops.append(A.Sequential(block, p=aug["p"]))
     return A.Compose(ops, additional_targets={k: "image" for k in extra_keys})
 
 
 def photometric(train: bool, aug: dict) -> A.Compose | None:
-    """Brightness/contrast, drawn independently per image of a pair (chapters 5-6; off in chapter 4)."""
-    if not (train and aug.get("p", 0) > 0 and aug.get("brightness_contrast", False)):
+    """Brightness/contrast, drawn independently per image of a pair (chapters 5-6; off in chapter 4).
+
+    Inside the augmentation block (probability ``p``) it fires with probability 0.5, hence ``0.5 * p``.
+    """
+    aug = resolve_augment(aug)
+    if not (train and aug["p"] > 0 and aug["brightness_contrast"]):
         return None
     return A.Compose([A.RandomBrightnessContrast(p=0.5 * aug["p"])])
 
@@ -49,7 +89,7 @@ def normalize_batch(x: torch.Tensor, normalize: str = "imagenet") -> torch.Tenso
         return (x.float().div_(255.0) - mean).div_(std)
     if normalize == "raw_bgr":
         return x.flip(1).float().div_(255.0)
-    raise ValueError(f"data.normalize={normalize!r}: expected 'imagenet' or 'raw_bgr'")
+    raise ConfigError(f"data.normalize={normalize!r}: expected 'imagenet' or 'raw_bgr'")
 
 
 TTA_VIEWS = {
@@ -65,5 +105,5 @@ TTA_SETS = {"none": ("identity",), "flips": ("identity", "vflip", "hflip", "vhfl
 
 def tta_views(name: str) -> tuple[str, ...]:
     if name not in TTA_SETS:
-        raise ValueError(f"tta={name!r}: expected one of {sorted(TTA_SETS)}")
+        raise ConfigError(f"tta={name!r}: expected one of {sorted(TTA_SETS)}")
     return TTA_SETS[name]

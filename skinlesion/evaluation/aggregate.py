@@ -6,7 +6,7 @@ experiment preset's ``hydra.sweeper.params``) define the expected job set, the c
 the comma-separated values. Every expected job that has no directory, no ``run.json``, a
 failed/running status or missing predictions is kept as a problem entry so the report can list it.
 
-Aggregation follows METHODS §6.3: per (dataset, split, backbone, method) mean ± sample std (ddof=1)
+Aggregation follows the thesis's protocol: per (dataset, split, backbone, method) mean ± sample std (ddof=1)
 and the best run (test-selected where the split is test, so optimistic), plus an "Average" row
 pooling every run of a method across backbones.
 """
@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Glob
 
 from . import predictions as P
 from .metrics import evaluate_predictions, main_score
@@ -71,8 +72,25 @@ def parse_overrides(items: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def expected_jobs(multirun_yaml: Path) -> tuple[list[dict[str, str]], list[str]]:
-    """Expected job override combinations of a sweep, in Hydra's job-number order, and notes."""
+def _glob_options(key: str, seen: Iterable[str]) -> list[str]:
+    """Candidates a ``glob(...)`` sweep over config group ``key`` chooses from: the group's options
+    (files and generated presets) and every value the sweep's own jobs recorded."""
+    options = set(seen)
+    try:
+        from skinlesion import config as C
+
+        C.register_plugin_configs()   # generated presets (e.g. jf_<fusion>) live in the ConfigStore
+        options |= set(C.group_options(key))
+    except Exception:  # no config tree here: the recorded values still expand the glob
+        pass
+    return sorted(options)
+
+
+def expected_jobs(multirun_yaml: Path, seen: Mapping[str, Iterable[str]] | None = None
+                  ) -> tuple[list[dict[str, str]], list[str]]:
+    """Expected job override combinations of a sweep, in Hydra's job-number order, and notes.
+
+    ``seen`` (override key -> values recorded by the sweep's jobs) helps expand ``glob(...)`` axes."""
     cfg = yaml.safe_load(Path(multirun_yaml).read_text()) or {}
     hydra = cfg.get("hydra", {}) or {}
     params: dict[str, str] = {}
@@ -85,10 +103,14 @@ def expected_jobs(multirun_yaml: Path) -> tuple[list[dict[str, str]], list[str]]
             params[_override_key(k)] = v
     axes = []
     for k, v in params.items():
-        if re.match(r"^\s*(glob|interval|tag)\(", str(v)):
+        if re.match(r"^\s*(interval|tag)\(", str(v)):
             notes.append(f"{multirun_yaml}: sweep '{k}={v}' is not expanded; its jobs are not checked for completeness")
             continue
-        vals = sweep_values(v)
+        override = _PARSER.parse_override(f"{k}={v}")
+        if isinstance(override.value(), Glob):
+            vals = override.value().filter(_glob_options(k, (seen or {}).get(k, ())))
+        else:
+            vals = sweep_values(v)
         if vals is not None:
             axes.append([(k, x) for x in vals])
     combos = [dict(c) for c in itertools.product(*axes)] if axes else []
@@ -184,9 +206,13 @@ def collect_jobs(dirs: Sequence[str | Path]) -> tuple[list[Job], list[str]]:
     loaded = {p: _load_job(p) for p in sorted(jobs)}
     extra: list[Job] = []
     for root in sorted(set(roots)):
-        combos, n = expected_jobs(root / "multirun.yaml")
-        notes += n
         members = [j for p, j in loaded.items() if root in p.parents]
+        seen: dict[str, set[str]] = {}
+        for j in members:
+            for k, v in j.overrides.items():
+                seen.setdefault(k, set()).add(_unquote(v))
+        combos, n = expected_jobs(root / "multirun.yaml", seen)
+        notes += n
         for j in members:
             j.sweep = root
         for idx, combo in enumerate(combos):
@@ -214,7 +240,7 @@ def run_outputs(job: Job, pred_branches: Sequence[str]) -> list[tuple[str, objec
     method = info.get("method") or info.get("model") or "?"
     branches = list(info.get("branches") or pred_branches)
     if JIF_BRANCHES <= set(branches) and len(branches) == 3:
-        all_space = "all_logits" if info.get("reported") == "all_logits" else "all"   # A-10 reading
+        all_space = "all_logits" if info.get("reported") == "all_logits" else "all"   # the run chose the logit reading of JIF(All)
         out = [(f"{method}(OFB)", "fusion"), (f"{method}(All)", all_space)]
     else:
         reported = info.get("reported") or ("all" if len(branches) > 1 else branches[0])
@@ -304,7 +330,7 @@ def _stats(values: pd.Series, runs: pd.Series) -> dict:
 
 def summarise(records: pd.DataFrame, value: str = "score") -> pd.DataFrame:
     """Mean ± sample std and best-of-N per (dataset, main_metric, split, backbone, method), plus
-    "Average" rows pooling all runs of a method over backbones (METHODS §6.3)."""
+    "Average" rows pooling all runs of a method over backbones (the thesis's Average rows)."""
     out = []
     if records.empty:
         return pd.DataFrame(columns=["dataset", "main_metric", "split", "metric", "backbone", "backbone_label",

@@ -1,4 +1,4 @@
-"""Classification metrics (METHODS §6.1–6.2).
+"""Classification metrics of saved predictions (scikit-learn): per task, per class and the dataset summaries.
 
 All values are fractions in [0, 1] (tables scale to %). A quantity that is undefined on the split —
 recall of a class with no cases, AUC of a class that is all-positive or all-negative, precision of a
@@ -99,7 +99,7 @@ def _category_key(task: str, cls: str) -> str:
 
 
 def derm7pt_summary(tasks: Mapping[str, dict]) -> dict:
-    """AVG AUC over the 17 non-absent categories and the melanoma-related table (METHODS §6.2),
+    """AVG AUC over the 17 non-absent categories and the melanoma-related table,
     restricted to the categories whose task was evaluated."""
     cat_auc = {_category_key(t, c): tasks[t]["per_class"][c]["auc"]
                for t, c in DERM7PT_AUC_CATEGORIES if t in tasks and c in tasks[t]["per_class"]}
@@ -148,7 +148,7 @@ def evaluate_predictions(df: pd.DataFrame, combination: P.Combination = "all", d
     """
     probs = P.combine(df, combination)
     if isinstance(combination, str):
-        ref_branch = None if combination == "all" else combination
+        ref_branch = None if combination in ("all", "all_logits") else combination
     else:
         ref_branch = next(iter(combination), None)
     return evaluate_probs(P.targets(df), probs, P.task_classes(df, ref_branch), dataset, combination)

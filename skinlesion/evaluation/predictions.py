@@ -1,12 +1,14 @@
 """Saved per-case predictions: reading, column parsing and branch combination.
 
-Schema (written by training): one row per case, ``case_id``, ``target/<task>`` (int code) and
-``prob/<branch>/<task>/<class>`` (TTA-averaged softmax probabilities). Task and class order is the
-column order. Everything in :mod:`skinlesion.evaluation` goes through these helpers so the schema is
+Schema (written by training): one row per case, ``case_id``, ``target/<task>`` (int code),
+``prob/<branch>/<task>/<class>`` (TTA-averaged softmax probabilities) and, in the same order,
+``logit/<branch>/<task>/<class>`` (TTA-averaged logits; absent from files written by older versions).
+Task and class order is the column order. Everything in :mod:`skinlesion.evaluation` goes through these helpers so the schema is
 parsed in exactly one place.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pandas as pd
 
 TARGET_PREFIX = "target/"
 PROB_PREFIX = "prob/"
+LOGIT_PREFIX = "logit/"
 
 Combination = str | Mapping[str, float]
 
@@ -76,22 +79,55 @@ def branch_probs(df: pd.DataFrame, branch: str) -> dict[str, np.ndarray]:
             for t, cls in classes.items()}
 
 
+def has_logits(df: pd.DataFrame) -> bool:
+    """Whether every probability column has its logit column (files written since logits are saved)."""
+    cols = set(df.columns)
+    probs = _prob_columns(df)
+    return bool(probs) and all(LOGIT_PREFIX + c[len(PROB_PREFIX):] in cols for c, *_ in probs)
+
+
+def branch_logits(df: pd.DataFrame, branch: str) -> dict[str, np.ndarray]:
+    """``{task: (N, K) float64}`` TTA-averaged logits of one branch."""
+    classes = task_classes(df, branch)
+    return {t: df[[f"{LOGIT_PREFIX}{branch}/{t}/{c}" for c in cls]].to_numpy(dtype=np.float64)
+            for t, cls in classes.items()}
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _all_logits(df: pd.DataFrame, names: list[str]) -> dict[str, np.ndarray]:
+    """softmax of the mean over branches of the (TTA-averaged) logits."""
+    if has_logits(df):
+        read, note = branch_logits, None
+    else:
+        # Files without logit columns: log p differs from the logits by a per-case constant, so the mean of
+        # log-probabilities gives the same softmax -- exactly for runs without TTA, approximately with TTA
+        # (the saved probabilities are then means over views, not softmaxes of one logit vector).
+        def read(frame, b):
+            return {t: np.log(np.clip(p, 1e-300, None)) for t, p in branch_probs(frame, b).items()}
+        note = ("predictions have no logit/ columns (written by an older version): 'all_logits' is recovered "
+                "from the saved probabilities, which is exact only for runs without test-time augmentation")
+    if note:
+        warnings.warn(note, stacklevel=3)
+    out: dict[str, np.ndarray] = {}
+    for b in names:
+        for t, z in read(df, b).items():
+            out[t] = out.get(t, 0) + z / len(names)
+    return {t: _softmax(z) for t, z in out.items()}
+
+
 def combine(df: pd.DataFrame, combination: Combination = "all") -> dict[str, np.ndarray]:
     """Per-task (N, K) probabilities of a branch, of ``"all"`` (unweighted mean over branches, the
-    JIF "All" output), of ``"all_logits"`` (A-10's alternative: softmax of the mean logits), or of a
+    JIF "All" output), of ``"all_logits"`` (softmax of the mean over branches of the TTA-averaged logits), or of a
     ``{branch: weight}`` mix. Weights are divided by their sum so the result stays a probability
     distribution (argmax and AUC are unaffected by the scale)."""
     names = branches(df)
     if isinstance(combination, str):
         if combination == "all_logits":
-            # log p differs from the logits by a per-case constant, so softmax(mean log p) equals
-            # softmax(mean logits) exactly: the logit average is recoverable from saved probabilities.
-            out = {}
-            for b in names:
-                for t, p in branch_probs(df, b).items():
-                    out[t] = out.get(t, 0) + np.log(np.clip(p, 1e-300, None)) / len(names)
-            return {t: np.exp(z - z.max(1, keepdims=True)) / np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)
-                    for t, z in out.items()}
+            return _all_logits(df, names)
         if combination == "all":
             combination = {b: 1.0 for b in names}
         elif combination in names:
@@ -121,8 +157,9 @@ def combination_label(combination: Combination) -> str:
 
 
 def to_frame(case_id, target: Mapping[str, np.ndarray], probs: Mapping[str, Mapping[str, np.ndarray]],
-             classes: Mapping[str, list[str]]) -> pd.DataFrame:
-    """Build a predictions frame in the saved schema. ``probs`` is ``{branch: {task: (N, K)}}``."""
+             classes: Mapping[str, list[str]],
+             logits: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> pd.DataFrame:
+    """Build a predictions frame in the saved schema. ``probs`` (and ``logits``) are ``{branch: {task: (N, K)}}``."""
     cols: dict[str, np.ndarray] = {"case_id": np.asarray(case_id).astype(str)}
     for t in classes:
         cols[TARGET_PREFIX + t] = np.asarray(target[t]).astype(np.int64)
@@ -131,4 +168,9 @@ def to_frame(case_id, target: Mapping[str, np.ndarray], probs: Mapping[str, Mapp
             p = np.asarray(per_task[t], dtype=np.float64)
             for k, c in enumerate(cls):
                 cols[f"{PROB_PREFIX}{b}/{t}/{c}"] = p[:, k]
+    for b, per_task in (logits or {}).items():
+        for t, cls in classes.items():
+            z = np.asarray(per_task[t], dtype=np.float64)
+            for k, c in enumerate(cls):
+                cols[f"{LOGIT_PREFIX}{b}/{t}/{c}"] = z[:, k]
     return pd.DataFrame(cols)

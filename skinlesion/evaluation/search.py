@@ -1,4 +1,4 @@
-"""Decision-level weight searches of FusionM4Net (METHODS §5.3–5.4, A-28).
+"""Decision-level weight searches of FusionM4Net (Fusion Schemes 1 and 2).
 
 * 3-prediction search (Fusion Scheme 1): candidates ``(g_i, g_j, g_k) / (g_i + g_j + g_k)`` over
   ``g = linspace(0.05, 1, grid_n)`` in lexicographic (i, j, k) order, deduplicated at 1e-9 (first kept);
@@ -7,20 +7,19 @@
 
 Both are fitted on validation predictions and applied unchanged to test.
 
-Scoring is exact integer counting of correct (case, task) pairs, so candidate ties are real ties and
-the lexicographic tie-break is well defined. Two scorers exist:
+Scores are integer counts of correct (case, task) pairs, and every count is *exactly* the one obtained
+by fusing with the candidate's normalised weights in float64 (``w0*P0 + w1*P1 + w2*P2``) and taking
+``argmax`` (first index on equal values), so candidate ties are real ties and the lexicographic
+tie-break is well defined.
 
-* ``exact``: fuse each batch of candidates and take the argmax (``O(C·N·ΣK)`` memory traffic);
-* ``sweep`` (3 predictions): argmax is invariant to the positive normalisation, so "class y wins"
-  is a set of linear inequalities ``g·(P_y − P_k) > 0`` (``≥ 0`` for k > y, matching argmax's
-  first-index rule). For fixed (i, j) each inequality bounds g_k from one side, so the correct
-  candidates of a (case, task) form one interval of k; intervals are counted with a difference
-  array. This is ~20× faster than ``exact`` and agrees with it except when a candidate lies within
-  floating-point rounding of a decision boundary.
+Three predictions are scored by an interval sweep: "class y wins" is a set of linear inequalities
+``(g_i·Δ0 + g_j·Δ1) + g_k·Δ2 > 0`` (``≥`` against later classes), so for fixed (i, j) the correct
+candidates of a (case, task) form one interval of k, counted with a difference array. Floating-point
+rounding can flip a comparison only where a grid point lies within a tiny tolerance of a decision
+boundary; every such (case, task, i, j) row is re-scored candidate by candidate with the same fused
+float64 argmax, which makes the sweep exact. Other prediction counts fuse candidates in batches.
 """
 from __future__ import annotations
-
-import itertools
 
 import argparse
 import json
@@ -38,6 +37,11 @@ from .metrics import evaluate_predictions
 
 Preds = Mapping[str, np.ndarray]  # task -> (N, K) probabilities
 
+# A comparison between two fused class scores can only come out differently in float64 than in exact
+# arithmetic when the exact margin is within a few ulp of the values (~1e-15 of their scale); rows with
+# a grid point this close (x the values' scale) to a boundary are re-scored exactly.
+BOUNDARY_TOL = 1e-12
+
 
 @dataclass
 class SearchResult:
@@ -46,7 +50,7 @@ class SearchResult:
     correct: int                # correct (case, task) pairs behind ``score``
     index: int                  # position of the winner in the (deduplicated) candidate list
     n_candidates: int
-    method: str
+    method: str                 # "interval" (three predictions) or "fused" (batched fusion)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,18 +58,39 @@ class SearchResult:
 
 # ----------------------------------------------------------------------------------------- candidates
 
+def grid_weights(m: int = 3, grid_n: int = 50, low: float = 0.05, high: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The grid values ``g`` and the normalised weights of every cell of the full ``grid_n**m`` grid,
+    in lexicographic order (``raw / raw.sum()``, the weights every scorer fuses with)."""
+    g = np.linspace(low, high, grid_n)
+    raw = np.stack(np.meshgrid(*([g] * m), indexing="ij"), axis=-1).reshape(-1, m)
+    return g, raw / raw.sum(axis=1, keepdims=True)
+
+
 def simplex_candidates(m: int = 3, grid_n: int = 50, low: float = 0.05, high: float = 1.0):
     """Deduplicated normalised grid in lexicographic order.
 
     Returns ``(weights (C, m), flat)``, where ``flat`` indexes each kept candidate in the full
     ``grid_n**m`` lexicographic grid.
     """
-    g = np.linspace(low, high, grid_n)
-    raw = np.stack(np.meshgrid(*([g] * m), indexing="ij"), axis=-1).reshape(-1, m)
-    w = raw / raw.sum(axis=1, keepdims=True)
-    _, first = np.unique(np.round(w, 9), axis=0, return_index=True)
-    flat = np.sort(first)
+    _, w = grid_weights(m, grid_n, low, high)
+    flat = _first_distinct(w)
     return w[flat], flat
+
+
+def _first_distinct(w: np.ndarray) -> np.ndarray:
+    """Sorted indices of the first row of every distinct ``np.round(w, 9)`` row.
+
+    ``np.round(x, 9)`` is ``rint(x·1e9)/1e9``, so rows are equal after rounding iff their integers
+    ``rint(x·1e9)`` are. For three weights summing to 1 the third integer is within a few units of
+    ``1e9 - k0 - k1``, so one int64 key holds a row and a 1-D unique (a fast sort) does the work.
+    """
+    keys = np.rint(w * 1e9).astype(np.int64)
+    if w.shape[1] == 3 and len(w) and keys.min() >= 0 and keys.max() < 2 ** 30:
+        delta = keys[:, 2] - (10 ** 9 - keys[:, 0] - keys[:, 1])
+        if np.abs(delta).max() < 4:
+            packed = ((keys[:, 0] << 30) | keys[:, 1]) * 8 + (delta + 4)
+            return np.sort(np.unique(packed, return_index=True)[1])
+    return np.sort(np.unique(keys, axis=0, return_index=True)[1])
 
 
 def line_candidates(n: int = 100) -> np.ndarray:
@@ -80,12 +105,18 @@ def _check(preds: Sequence[Preds], y: Mapping[str, np.ndarray]) -> tuple[list[st
         raise ValueError("a weight search needs at least two predictions")
     tasks = list(preds[0])
     for p in preds[1:]:
-        if list(p) != tasks or any(p[t].shape != preds[0][t].shape for t in tasks):
+        if list(p) != tasks or any(np.shape(p[t]) != np.shape(preds[0][t]) for t in tasks):
             raise ValueError("all predictions must cover the same tasks with the same shapes")
-    n = preds[0][tasks[0]].shape[0]
+    n = np.shape(preds[0][tasks[0]])[0]
     for t in tasks:
         if len(y[t]) != n:
             raise ValueError(f"task {t!r}: {len(y[t])} targets for {n} cases")
+        if not all(np.isfinite(np.asarray(p[t], dtype=np.float64)).all() for p in preds):
+            raise ValueError(f"task {t!r}: predictions contain NaN or infinite values")
+        k = np.shape(preds[0][t])[1]
+        yt = np.asarray(y[t])
+        if len(yt) and (yt.min() < 0 or yt.max() >= k):
+            raise ValueError(f"task {t!r}: targets outside 0..{k - 1}")
     return tasks, n
 
 
@@ -104,13 +135,14 @@ def mean_task_accuracy(probs: Preds, y: Mapping[str, np.ndarray]) -> float:
     return float(np.mean([np.mean(np.asarray(probs[t]).argmax(1) == np.asarray(y[t])) for t in probs]))
 
 
-def correct_counts_exact(preds: Sequence[Preds], y: Mapping[str, np.ndarray], weights: np.ndarray,
+def correct_counts_fused(preds: Sequence[Preds], y: Mapping[str, np.ndarray], weights: np.ndarray,
                          chunk_elems: int = 4_000_000) -> np.ndarray:
-    """Correct (case, task) pairs of every candidate row of ``weights`` (C, M), by batched fusion."""
+    """Correct (case, task) pairs of every candidate row of ``weights`` (C, M), by batched fusion
+    (``O(C·N·ΣK)``; used for the line search and for other than three predictions)."""
     tasks, n = _check(preds, y)
     weights = np.asarray(weights, dtype=np.float64)
     kmax = max(preds[0][t].shape[1] for t in tasks)
-    chunk = max(1, chunk_elems // (n * kmax))
+    chunk = max(1, chunk_elems // max(n * kmax, 1))
     stacks = {t: [np.asarray(p[t], dtype=np.float64)[None] for p in preds] for t in tasks}
     out = np.zeros(len(weights), dtype=np.int64)
     for s in range(0, len(weights), chunk):
@@ -119,69 +151,125 @@ def correct_counts_exact(preds: Sequence[Preds], y: Mapping[str, np.ndarray], we
             ps = stacks[t]
             fused = w[:, 0] * ps[0]
             for m in range(1, len(ps)):
-                fused += w[:, m] * ps[m]
-            out[s:s + chunk] += (fused.argmax(axis=2) == y[t]).sum(axis=1)
+                fused = fused + w[:, m] * ps[m]
+            out[s:s + chunk] += (fused.argmax(axis=2) == np.asarray(y[t])).sum(axis=1)
     return out
 
 
-def _task_constraints(p: Sequence[np.ndarray], y: np.ndarray):
-    """Per case, the K-1 inequalities 'true class beats class k' as coefficient arrays (N, K-1)."""
+@dataclass
+class _Task:
+    """One task's "true class beats class c" inequalities ``a + g_k·d2 > 0`` with ``a = g_i·d0 + g_j·d1``,
+    as (K-1, 1, N) arrays; ``f = a·slope + offset`` is where the boundary falls on the k axis."""
+    p: np.ndarray          # (3, N, K) predictions
+    y: np.ndarray          # (N,)
+    d0: np.ndarray
+    d1: np.ndarray
+    d2: np.ndarray
+    strict: np.ndarray     # class c comes before y: y must be strictly larger (argmax takes the first max)
+    exact_tie: np.ndarray  # all three differences are exactly 0: a bitwise tie in every fusion
+    lower_off: np.ndarray  # 0 where d2 > 0 (a lower bound k >= f), else -inf
+    upper_off: np.ndarray  # 0 where d2 < 0 (an upper bound k <= f), else +inf
+    flat: np.ndarray       # d2 (near) 0: the inequality does not depend on g_k
+    slope: np.ndarray
+    near: np.ndarray       # |ceil(f) - f - 1/2| >= near: a grid point within tolerance of the boundary
+
+
+def _task(p: Sequence[np.ndarray], y: np.ndarray, low: float, h: float, tol: float) -> _Task:
     a = np.stack([np.asarray(q, dtype=np.float64) for q in p])  # (3, N, K)
     n, k = a.shape[1:]
-    others = np.array([[c for c in range(k) if c != t] for t in range(k)], dtype=np.int64)[y]  # (N, K-1)
+    others = np.array([[c for c in range(k) if c != t] for t in range(k)], dtype=np.int64).reshape(k, k - 1)[y]
     true = np.take_along_axis(a, y[None, :, None], axis=2)
     other = np.take_along_axis(a, np.broadcast_to(others[None], (3, n, k - 1)), axis=2)
-    d = true - other  # (3, N, K-1)
-    return d[0], d[1], d[2], others < y[:, None]
+    d = true - other
+    flat = np.abs(d[2]) < 1e-200   # (near) zero slope: treated as constant; any flip there is re-scored
+    safe = np.where(flat, 1.0, d[2] * h)
+    slope = np.where(flat, 0.0, -1.0 / safe)
+    # a grid point k has |a + g_k·d2| <= tol iff |k - f| <= tol / |d2·h|; flat rows are checked on |a|
+    near = np.where(flat, np.inf, 0.5 - tol / np.abs(safe))
+    # constraint axis first: the per-row max/min over constraints are then elementwise over long rows
+    lower_off = np.where((d[2] > 0) & ~flat, 0.0, -np.inf)   # only d2 > 0 bounds k from below (k >= f) ...
+    upper_off = np.where((d[2] < 0) & ~flat, 0.0, np.inf)    # ... and only d2 < 0 from above (k <= f)
+    t = [np.ascontiguousarray(v.T)[:, None, :] for v in
+         (d[0], d[1], d[2], others < y[:, None], (d == 0).all(axis=0), lower_off, upper_off, flat, slope, near)]
+    return _Task(a, y, *t)
 
 
-def correct_counts_sweep(preds: Sequence[Preds], y: Mapping[str, np.ndarray], g: np.ndarray,
-                         chunk_elems: int = 1_000_000, workers: int | None = None) -> np.ndarray:
-    """Correct (case, task) pairs of every (i, j, k) in the full ``len(g)**3`` grid (flat, lexicographic).
+def correct_counts_grid(preds: Sequence[Preds], y: Mapping[str, np.ndarray], grid_n: int = 50, low: float = 0.05,
+                        high: float = 1.0, chunk_elems: int = 131_072, workers: int | None = None) -> np.ndarray:
+    """Exact correct (case, task) counts of every (i, j, k) of the full ``grid_n**3`` grid of three
+    predictions (flat, lexicographic), by the interval sweep with boundary re-scoring (module docstring).
 
-    (i, j) pairs are processed in chunks on ``workers`` threads (numpy releases the GIL in the
-    elementwise kernels; chunks write disjoint rows, so no locking is needed).
+    (i, j) pairs are processed in chunks on ``workers`` threads (numpy releases the GIL in its
+    kernels; chunks write disjoint rows, so no locking is needed).
     """
     tasks, n = _check(preds, y)
     if len(preds) != 3:
-        raise ValueError("the sweep scorer handles exactly three predictions")
-    g = np.asarray(g, dtype=np.float64)
-    if np.any(g <= 0) or np.any(np.diff(g) <= 0):
-        raise ValueError("grid values must be positive and increasing")
-    gn = len(g)
+        raise ValueError("the interval sweep scores exactly three predictions")
+    if not (0 < low < high) or grid_n < 2:
+        raise ValueError(f"the grid needs 0 < low < high and at least 2 points (got {low}, {high}, {grid_n})")
+    g, wfull = grid_weights(3, grid_n, low, high)
+    gn, h = grid_n, (high - low) / (grid_n - 1)
+    scale = max(float(np.max(np.abs(np.asarray(p[t], dtype=np.float64)))) for p in preds for t in tasks) or 1.0
+    tol = BOUNDARY_TOL * scale
+    cons = [_task([p[t] for p in preds], np.asarray(y[t], dtype=np.int64), low, h, tol) for t in tasks]
+    always = sum(n for c in cons if c.d0.shape[0] == 0)   # one-class tasks are always right
+    cons = [c for c in cons if c.d0.shape[0] > 0]
     ii, jj = np.meshgrid(np.arange(gn), np.arange(gn), indexing="ij")
     gi, gj = g[ii.ravel()], g[jj.ravel()]
     counts = np.zeros((gn * gn, gn + 1), dtype=np.int64)
-    cons = [_task_constraints([p[t] for p in preds], np.asarray(y[t], dtype=np.int64)) for t in tasks]
-    per_pair = sum(c[0].size for c in cons)
+    fixes = np.zeros(gn ** 3, dtype=np.int64)
+    per_pair = sum(c.d0.size for c in cons)  # constraints per (i, j) pair
     chunk = max(1, chunk_elems // max(per_pair, 1))
+    ks = np.arange(gn)
+    offset = -low / h
 
     def run(start: int) -> None:
         q = slice(start, min(start + chunk, gn * gn))
         nq = q.stop - q.start
-        with np.errstate(divide="ignore", invalid="ignore"):
-            for a, b, c, strict in cons:
-                # sum of the (i, j) terms; class y wins iff g_k * c > -part (>= for non-strict)
-                part = gi[q, None, None] * a[None] + gj[q, None, None] * b[None]
-                t = -part / c[None]
-                pos, neg = c > 0, c < 0
-                up = np.nextafter(t, np.inf)
-                # lower bound on g_k from c > 0, exclusive upper bound from c < 0, as values of g
-                lower = np.where(pos, np.where(strict, up, t), -np.inf)
-                upper = np.where(neg, np.where(strict, t, up), np.inf)
-                zero = ~(pos | neg)
-                if zero.any():
-                    ok = np.where(strict, part > 0, part >= 0)
-                    fail = zero & ~ok
-                    lower = np.where(fail, np.inf, lower)
-                    upper = np.where(fail, -np.inf, upper)
-                lo = np.searchsorted(g, lower.max(axis=2).ravel(), side="left")
-                hi = np.searchsorted(g, upper.min(axis=2).ravel(), side="left")
-                valid = lo < hi
-                base = np.repeat(np.arange(nq), a.shape[0]) * (gn + 1)
-                diff = (np.bincount(base[valid] + lo[valid], minlength=nq * (gn + 1))
-                        - np.bincount(base[valid] + hi[valid], minlength=nq * (gn + 1)))
-                counts[q] += diff.reshape(nq, gn + 1)
+        big = max(c.d0.size for c in cons) * nq
+        buf_a, buf_f, buf_c = (np.empty(big) for _ in range(3))
+        diff = np.zeros(nq * (gn + 1), dtype=np.int64)
+        for c in cons:
+            m, n_ = c.d0.shape[0], c.d0.shape[2]
+            shape = (m, nq, n_)
+            size = m * nq * n_
+            a = np.multiply(gi[None, q, None], c.d0, out=buf_a[:size].reshape(shape))
+            f = np.multiply(gj[None, q, None], c.d1, out=buf_f[:size].reshape(shape))
+            a += f                                                   # a = g_i·d0 + g_j·d1
+            np.multiply(a, c.slope, out=f)
+            f += offset                                              # boundary on the k axis
+            cf = np.ceil(f, out=buf_c[:size].reshape(shape))
+            # grid points k >= ceil(f) satisfy a lower bound, k < ceil(f) an upper bound (a point exactly
+            # on a boundary is re-scored below, so the side it lands on here does not matter)
+            lo = np.maximum.reduce(cf + c.lower_off, axis=0)
+            hi = np.minimum.reduce(cf + c.upper_off, axis=0)
+            if c.flat.any():  # constant in k: holds iff a > 0, or a == 0 against a later class
+                fails = c.flat & ~((a > 0) | ((a == 0) & ~c.strict))
+                hi = np.where(np.logical_or.reduce(fails, axis=0), 0.0, hi)
+            lo = np.clip(lo, 0, gn).astype(np.int64).ravel()
+            hi = np.clip(hi, 0, gn).astype(np.int64).ravel()
+            hi = np.maximum(hi, lo)                                  # empty interval: +1 and -1 cancel
+            base = np.repeat(np.arange(nq) * (gn + 1), n_)
+            diff += np.bincount(base + lo, minlength=nq * (gn + 1))
+            diff -= np.bincount(base + hi, minlength=nq * (gn + 1))
+            # rows with a grid point within tolerance of a boundary: re-score every k exactly
+            cf -= f
+            cf -= 0.5
+            close = np.abs(cf, out=cf) >= c.near
+            if c.flat.any():
+                close |= c.flat & ~c.exact_tie & (np.abs(a) <= tol)
+            rows = np.flatnonzero(np.logical_or.reduce(close, axis=0).ravel())
+            if not len(rows):
+                continue
+            rq, rn = np.divmod(rows, n_)
+            flat_idx = ((q.start + rq)[:, None] * gn + ks[None]).ravel()
+            w = wfull[flat_idx]
+            cases = np.repeat(rn, gn)
+            fused = w[:, 0:1] * c.p[0][cases] + w[:, 1:2] * c.p[1][cases] + w[:, 2:3] * c.p[2][cases]
+            exact = fused.argmax(axis=1) == c.y[cases]
+            swept = ((lo[rows][:, None] <= ks[None]) & (ks[None] < hi[rows][:, None])).ravel()
+            np.add.at(fixes, flat_idx, exact.astype(np.int64) - swept)
+        counts[q] = diff.reshape(nq, gn + 1)
 
     starts = range(0, gn * gn, chunk)
     workers = workers or min(2, os.cpu_count() or 1)
@@ -191,70 +279,41 @@ def correct_counts_sweep(preds: Sequence[Preds], y: Mapping[str, np.ndarray], g:
     else:
         for st in starts:
             run(st)
-    return np.cumsum(counts, axis=1)[:, :gn].reshape(-1)
+    return np.cumsum(counts, axis=1)[:, :gn].reshape(-1) + fixes + always
 
 
 # ------------------------------------------------------------------------------------------ searches
 
 def search_simplex(preds: Sequence[Preds], y: Mapping[str, np.ndarray], grid_n: int = 50,
-                   low: float = 0.05, high: float = 1.0, method: str = "auto") -> SearchResult:
-    """Fusion Scheme 1 weight search over ``len(preds)`` predictions (A-28)."""
+                   low: float = 0.05, high: float = 1.0) -> SearchResult:
+    """Fusion Scheme 1 weight search over ``len(preds)`` predictions: the first candidate with the
+    most correct (case, task) pairs, scored exactly (module docstring)."""
     tasks, n = _check(preds, y)
     m = len(preds)
     weights, flat = simplex_candidates(m, grid_n, low, high)
-    if method == "auto":
-        method = "sweep" if m == 3 else "exact"
-    if method == "sweep":
-        correct = correct_counts_sweep(preds, y, np.linspace(low, high, grid_n))[flat]
-    elif method == "exact":
-        correct = correct_counts_exact(preds, y, weights)
+    if m == 3 and grid_n >= 2:
+        correct, method = correct_counts_grid(preds, y, grid_n, low, high)[flat], "interval"
     else:
-        raise ValueError(f"unknown scorer {method!r}")
+        correct, method = correct_counts_fused(preds, y, weights), "fused"
     best = int(np.argmax(correct))  # first maximum = lexicographic tie-break
     return SearchResult([float(v) for v in weights[best]], float(correct[best]) / (n * len(tasks)),
                         int(correct[best]), best, len(weights), method)
-
-
-def search_simplex_loop(preds: Sequence[Preds], y: Mapping[str, np.ndarray], grid_n: int = 50, low: float = 0.05):
-    """Algorithm 1 as a plain Python loop (lexicographic, dedup at 1e-9, first strict max): the slow
-    reference that the vectorised search is tested and benchmarked against.
-
-    Returns (weights, correct count, candidate index, number of candidates).
-    """
-    g = np.linspace(low, 1.0, grid_n)
-    seen, best, best_w, best_idx, idx = set(), -1, None, None, -1
-    for i, j, k in itertools.product(range(grid_n), repeat=3):
-        s = g[i] + g[j] + g[k]
-        w = (g[i] / s, g[j] / s, g[k] / s)
-        key = tuple(np.round(w, 9))
-        if key in seen:
-            continue
-        seen.add(key)
-        idx += 1
-        # every task has the same cases, so the summed correct count orders candidates like mean ACC
-        correct = 0
-        for t in y:
-            fused = w[0] * preds[0][t] + w[1] * preds[1][t] + w[2] * preds[2][t]
-            correct += int(np.sum(fused.argmax(1) == y[t]))
-        if correct > best:
-            best, best_w, best_idx = correct, w, idx
-    return best_w, best, best_idx, idx + 1
 
 
 def search_line(p1: Preds, p2: Preds, y: Mapping[str, np.ndarray], n_steps: int = 100) -> SearchResult:
     """Fusion Scheme 2 search: ``w*P1 + (1-w)*P2`` over ``linspace(0, 1, n_steps)``; first max."""
     tasks, n = _check([p1, p2], y)
     weights = line_candidates(n_steps)
-    correct = correct_counts_exact([p1, p2], y, weights)
+    correct = correct_counts_fused([p1, p2], y, weights)
     best = int(np.argmax(correct))
     return SearchResult([float(v) for v in weights[best]], float(correct[best]) / (n * len(tasks)),
-                        int(correct[best]), best, len(weights), "exact")
+                        int(correct[best]), best, len(weights), "fused")
 
 
 # ------------------------------------------------------------------------------------------- run dir
 
 def default_branch_order(names: Sequence[str]) -> list[str]:
-    """(derm, clinic, fusion) when present (A-25; fixes the lexicographic tie-break), else column order."""
+    """(derm, clinic, fusion) when present (the order fixes the lexicographic tie-break), else column order."""
     canonical = ["derm", "clinic", "fusion"]
     if set(canonical) <= set(names):
         return canonical
@@ -270,7 +329,7 @@ def _summary(df, dataset: str | None) -> dict:
 
 
 def search_run(run_dir: str | Path, grid_n: int = 50, branches: Sequence[str] | None = None,
-               n_steps: int = 100, method: str = "auto") -> dict:
+               n_steps: int = 100) -> dict:
     """Search weights on ``run_dir/predictions/val.parquet``, apply to test, write ``run_dir/search/``."""
     run_dir = Path(run_dir)
     pred_dir = run_dir / "predictions"
@@ -292,7 +351,7 @@ def search_run(run_dir: str | Path, grid_n: int = 50, branches: Sequence[str] | 
         res = search_line(preds_val[0], preds_val[1], y_val, n_steps)
         kind = "line"
     else:
-        res = search_simplex(preds_val, y_val, grid_n, method=method)
+        res = search_simplex(preds_val, y_val, grid_n)
         kind = "simplex"
     weights = dict(zip(names, res.weights))
 
@@ -320,15 +379,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m skinlesion.evaluation.search",
                                  description="Decision-level weight search on a run's saved predictions.")
     ap.add_argument("run_dir")
-    ap.add_argument("--grid-n", type=int, default=50, help="points per axis of the 3-way grid (A-28)")
+    ap.add_argument("--grid-n", type=int, default=50, help="points per axis of the 3-way grid: g = linspace(0.05, 1, N)")
     ap.add_argument("--steps", type=int, default=100, help="points of the 2-way line search")
     ap.add_argument("--branches", default=None,
                     help="comma-separated branch order (default: derm,clinic,fusion when present)")
-    ap.add_argument("--scorer", choices=["auto", "sweep", "exact"], default="auto")
     args = ap.parse_args(argv)
     try:
         rep = search_run(args.run_dir, args.grid_n, args.branches.split(",") if args.branches else None,
-                         args.steps, args.scorer)
+                         args.steps)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,16 +1,20 @@
-"""Method comparison statistics (METHODS §6.4, A-06).
+"""Method comparison statistics for the chapter-4 ablations (Tables 4.4–4.6).
 
-Friedman test across methods with matched blocks (backbone × fold, or backbone × seed), then
-pairwise two-sided Wilcoxon signed-rank tests on the same blocks. The Wilcoxon test is exact for
-n ≤ 50 untied, non-zero differences (the thesis's p-values are exact-null values, e.g. 2/2^25);
-when zero differences or tied |differences| make the exact null distribution inapplicable, the
-normal approximation is used instead and the row says so. Holm-adjusted p-values are added as an
-extra column; the thesis applies no correction.
+Friedman test across a set of methods with matched blocks (backbone × fold, or backbone × seed), then
+pairwise two-sided Wilcoxon signed-rank tests. By default the set is the thesis's eight methods
+(:data:`THESIS_METHODS`); any other selection can be passed. Friedman needs every method in a block,
+so it runs over the blocks complete for the selected methods; each Wilcoxon pair runs over the blocks
+complete for *that pair*, so one missing run shortens only the pairs of its method. Every result
+states its n. The Wilcoxon test is exact for n ≤ 50 untied, non-zero differences (the thesis's
+p-values are exact-null values, e.g. 2/2^25); when zero differences or tied |differences| make the
+exact null distribution inapplicable, the normal approximation is used instead and the row says so.
+Holm-adjusted p-values are added as an extra column; the thesis applies no correction.
 """
 from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -21,13 +25,52 @@ from scipy import stats
 # mathematically equal differences can differ in the last bits)
 TIE_DECIMALS = 12
 
+# The eight methods the thesis compares in Tables 4.4–4.6, in its order (the report's labels).
+THESIS_METHODS = ["Image", "JF-CAT", "JF-MB", "JF-MN", "JF-MA", "JF-MMFA", "JIF-MMFA(OFB)", "JIF-MMFA(All)"]
 
-def wide_scores(records: pd.DataFrame, block_cols: Sequence[str], method_col: str = "method",
-                score_col: str = "score", methods: Sequence[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """Pivot long records to blocks × methods and drop incomplete blocks.
 
-    Returns the complete table and notes naming every dropped block and which methods it lacked.
+def _norm(label: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", str(label).lower())
+
+
+def select_methods(present: Sequence[str], spec: str | Sequence[str] | None = "thesis") -> tuple[list[str], list[str]]:
+    """The methods to compare, in order, and notes.
+
+    ``spec``: ``"thesis"`` (the eight of :data:`THESIS_METHODS` that are present; every method when
+    fewer than two are, e.g. for sweeps of other chapters), ``"all"`` / None (every present method,
+    in the given order) or a list / comma-separated string of labels (matched ignoring case, spaces
+    and punctuation).
     """
+    present = list(dict.fromkeys(present))
+    notes: list[str] = []
+    if spec is None or spec == "all":
+        return present, notes
+    if spec == "thesis":
+        chosen = [m for m in THESIS_METHODS if m in present]
+        if len(chosen) < 2:
+            notes.append(f"fewer than two of the thesis's methods ({', '.join(THESIS_METHODS)}) in this sweep: "
+                         "comparing every method")
+            return present, notes
+        absent = [m for m in THESIS_METHODS if m not in present]
+        if absent:
+            notes.append(f"thesis method(s) without runs: {', '.join(absent)}")
+        extra = [m for m in present if m not in chosen]
+        if extra:
+            notes.append(f"not in the thesis's comparison (use --stats-methods all): {', '.join(extra)}")
+        return chosen, notes
+    wanted = [w.strip() for w in spec.split(",")] if isinstance(spec, str) else list(spec)
+    by_norm = {_norm(m): m for m in present}
+    chosen = list(dict.fromkeys(by_norm[_norm(w)] for w in wanted if w and _norm(w) in by_norm))
+    unknown = [w for w in wanted if w and _norm(w) not in by_norm]
+    if unknown:
+        notes.append(f"requested method(s) without runs: {', '.join(unknown)}")
+    return chosen, notes
+
+
+def pivot_scores(records: pd.DataFrame, block_cols: Sequence[str], method_col: str = "method",
+                 score_col: str = "score", methods: Sequence[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Blocks × methods table of scores (NaN where a block has no run of a method), columns in
+    ``methods`` order (then any others); duplicate (block, method) runs are averaged with a note."""
     df = records.copy()
     df["_block"] = [" / ".join(str(v) for v in row) for row in df[list(block_cols)].itertuples(index=False)]
     dup = df.duplicated(["_block", method_col], keep=False)
@@ -35,16 +78,26 @@ def wide_scores(records: pd.DataFrame, block_cols: Sequence[str], method_col: st
     if dup.any():
         notes.append(f"{int(dup.sum())} duplicate (block, method) runs averaged: "
                      + ", ".join(sorted(set(df.loc[dup, "_block"] + ": " + df.loc[dup, method_col].astype(str)))))
-    wide = df.pivot_table(index="_block", columns=method_col, values=score_col, aggfunc="mean")
+    wide = df.pivot_table(index="_block", columns=method_col, values=score_col, aggfunc="mean", dropna=False)
     order = [m for m in (methods or []) if m in wide.columns] + [m for m in wide.columns if m not in (methods or [])]
     wide = wide[order]
+    wide.index.name = "block"
+    wide.columns.name = None
+    return wide, notes
+
+
+def wide_scores(records: pd.DataFrame, block_cols: Sequence[str], method_col: str = "method",
+                score_col: str = "score", methods: Sequence[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Pivot long records to blocks × methods and drop the blocks lacking any method (Friedman's table).
+
+    Returns the complete table and notes naming every dropped block and which methods it lacked.
+    """
+    wide, notes = pivot_scores(records, block_cols, method_col, score_col, methods)
     incomplete = wide.isna().any(axis=1)
     for block in wide.index[incomplete]:
         lacking = [m for m in wide.columns if pd.isna(wide.loc[block, m])]
-        notes.append(f"block {block} dropped (no run for {', '.join(lacking)})")
-    wide = wide[~incomplete]
-    wide.index.name = "block"
-    return wide, notes
+        notes.append(f"block {block} dropped (no run for {', '.join(map(str, lacking))})")
+    return wide[~incomplete], notes
 
 
 def friedman(wide: pd.DataFrame) -> dict:
@@ -70,6 +123,9 @@ def wilcoxon_pair(x: np.ndarray, y: np.ndarray, exact_max_n: int = 50) -> dict:
     ties = len(np.unique(np.abs(nz))) < len(nz)
     out = {"n": n, "n_zero": n_zero, "ties": bool(ties), "mean_diff": float(np.mean(x - y)) if n else None,
            "statistic": None, "p": None, "method": None, "exact": False, "note": None}
+    if n == 0:
+        out.update(method="none", note="no block has runs of both methods")
+        return out
     if len(nz) == 0:
         out.update(statistic=0.0, p=1.0, method="none", note="all differences are zero")
         return out
@@ -105,12 +161,23 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
 def compare_methods(records: pd.DataFrame, block_cols: Sequence[str], methods: Sequence[str] | None = None,
                     score_col: str = "score", method_col: str = "method", with_holm: bool = True,
                     exact_max_n: int = 50) -> dict:
-    """Friedman + pairwise Wilcoxon over matched blocks; JSON-serialisable."""
-    wide, notes = wide_scores(records, block_cols, method_col, score_col, methods)
-    result = {"blocks": list(map(str, wide.index)), "methods": list(map(str, wide.columns)),
-              "block_columns": list(block_cols), "notes": notes, "friedman": friedman(wide), "pairs": []}
+    """Friedman over the blocks complete for ``methods`` (default: every method in ``records``) and
+    pairwise Wilcoxon over the blocks complete for each pair; JSON-serialisable."""
+    wide, notes = pivot_scores(records, block_cols, method_col, score_col, methods)
+    if methods is not None:
+        wide = wide[[m for m in methods if m in wide.columns]]
+    n_all = len(wide)
+    complete = wide.dropna()
+    for block in wide.index[wide.isna().any(axis=1)]:
+        lacking = [str(m) for m in wide.columns if pd.isna(wide.loc[block, m])]
+        notes.append(f"block {block} lacks {', '.join(lacking)}: left out of Friedman and of those methods' pairs")
+    result = {"blocks": list(map(str, complete.index)), "all_blocks": list(map(str, wide.index)),
+              "methods": list(map(str, wide.columns)), "block_columns": list(block_cols), "notes": notes,
+              "friedman": friedman(complete), "pairs": []}
     for a, b in itertools.combinations(wide.columns, 2):
-        row = {"a": str(a), "b": str(b), **wilcoxon_pair(wide[a].to_numpy(), wide[b].to_numpy(), exact_max_n)}
+        pair = wide[[a, b]].dropna()
+        row = {"a": str(a), "b": str(b), **wilcoxon_pair(pair[a].to_numpy(), pair[b].to_numpy(), exact_max_n),
+               "n_dropped": n_all - len(pair)}
         result["pairs"].append(row)
     if with_holm:
         for row, p in zip(result["pairs"], holm([r["p"] for r in result["pairs"]])):

@@ -124,7 +124,7 @@ def backbone_table(summary: pd.DataFrame, dataset: str, main_metric: str, split:
         notes.append("[Tx.y: thesis value; Δ = ours − thesis in points] from "
                      + ", ".join(T.table_id(t) for t in thesis_tables))
     if kind == "mean":
-        notes.append("Average row pools all runs of a method over backbones (METHODS §6.3).")
+        notes.append("Average row pools all runs of a method over backbones, as the thesis's Average rows do.")
     if n_exp:
         notes.append(f"(n=k) marks a single run or a run count other than the usual {n_exp}.")
     return Table(f"{dataset}_{split}_{main_metric}_backbones" + ("" if kind == "mean" else "_best"), title,
@@ -198,6 +198,73 @@ def task_accuracy_table(records, details, split="test", main_metric=None, layout
                  + ("mean ± sample std over runs" if kind == "mean" else f"best run by {BEST_BY_NAME.get(best_by, best_by)}"),
                  ["Method"] + tasks + ["AVG", "runs"], rows,
                  [f"task order: {layout}"] + (["thesis: " + ", ".join(map(T.table_id, tables))] if tables else []))
+
+
+# Chapter-5 configuration tables: the sweep preset that made a run picks the thesis tables to compare with.
+CH5_TABLES = {"table5_6": ["table5_6", "table5_9"], "table5_7": ["table5_7", "table5_6"],
+              "table5_10": ["table5_10"], "table5_15": ["table5_15"], "table5_16": ["table5_16"],
+              "table5_17": ["table5_17"], "table5_18": ["table5_18"]}
+CH5_ALL_TABLES = ["table5_6", "table5_9", "table5_7", "table5_10", "table5_15", "table5_16", "table5_17", "table5_18"]
+# backbone -> the suffix of the thesis's chapter-5 row labels (Swin-T, the default, has none)
+CH5_SUFFIX = {"resnet50": "ResNet50", "convnext_tiny": "ConvNeXt", "densenet201": "DenseNet201",
+              "mobilenetv3_small_100": "MN", "swin_tiny_patch4_window7_224": None}
+# our method label -> thesis row label (before the backbone suffix)
+CH5_ROWS = {"AMMFM": "AFF+AAB", "AFF-AAB": "AFF+AAB", "PEMM": "PS+SCA+BL", "PS-CAT": "PS",
+            "PEMM-shared-classifier": "PS+SCA+BL (shared classifiers)"}
+CH5_SWIN_ROWS = {"AFF+AAB": "AFF+AAB (AMMFM)", "PS+SCA+BL": "PS+SCA+BL (PEMM)"}
+
+
+def ch5_thesis_row(method: str, backbone: str | None) -> str:
+    """The thesis's row label for one of our chapter-5 configurations on ``backbone``."""
+    key = T.backbone_key(backbone)
+    suffix = CH5_SUFFIX.get(key, key)
+    if method.startswith("Single-"):
+        return f"{'Clic' if method.endswith('clinic') else 'Derm'} ({suffix or 'ST'})"
+    if method.startswith("PEMM W="):
+        return "EQ" if method.endswith("eq") else "W=" + method.split("=", 1)[1]
+    if method == "AMMFM-reversed":
+        return "AFF+AAB reversed (Clic ST / Derm MN)"
+    base = CH5_ROWS.get(method, method)
+    return f"{base} ({suffix})" if suffix else CH5_SWIN_ROWS.get(base, base)
+
+
+def configuration_table(records: pd.DataFrame, jobs, split: str = "test", compare: bool = True) -> Table:
+    """derm7pt eight-task configurations as rows: AVG AUC and AVG ACC mean ± std over runs and the thesis's
+    parameter count (Tables 5.6-5.18 layout), thesis values beside each cell."""
+    rec = _derm7pt_records(records, "derm7pt", split, "avg_acc")
+    info = {str(j.path): j.info for j in jobs if getattr(j, "ok", False)}
+    rows, used = [], set()
+    for method in order_methods(rec["method"]):
+        g = rec[rec.method == method]
+        for bb in order_backbones(g["backbone"]):
+            runs = g[g.backbone == bb]
+            groups = {str((info.get(r) or {}).get("experiment") or "") for r in runs["run"]}
+            tables = [t for grp in sorted(groups) for t in CH5_TABLES.get(grp, [])] or CH5_ALL_TABLES
+            row_label = ch5_thesis_row(method, bb)
+            cells = [method, T.backbone_key(bb)]
+            for metric, col in (("auc", "avg_auc"), ("acc", "avg_acc")):
+                vals = runs[col].dropna().to_numpy(dtype=float)
+                mean = float(vals.mean()) if len(vals) else None
+                std = float(vals.std(ddof=1)) if len(vals) > 1 else None
+                ref = T.lookup(tables, row_label, "AVG", metric) if compare else None
+                if ref:
+                    used.add(ref["table"])
+                cells.append(fmt_stat(mean, std) + fmt_thesis(mean, ref))
+            counts = [((info.get(r) or {}).get("params") or {}).get("thesis_count") for r in runs["run"]]
+            counts = [c for c in counts if c]
+            ref = T.lookup(tables, row_label, "Params", "params_M") if compare else None
+            cells.append(("–" if not counts else f"{counts[0] / 1e6:.2f}")
+                         + (f" [{ref['table']}: {ref['value']:.2f}]" if ref else ""))
+            cells.append(str(len(runs)))
+            rows.append(cells)
+    notes = ["AVG AUC: mean of the 17 one-vs-rest AUCs of the non-absent categories; AVG ACC: mean of the eight "
+             "task accuracies; both of each run's reported output (the searched weighting where a run has one).",
+             "Params: the thesis's convention (backbones with their unused ImageNet classifier)."]
+    if used:
+        notes.append("[Tx.y: thesis value; Δ = ours − thesis in points] from " + ", ".join(sorted(used)))
+    return Table(f"derm7pt_{split}_configurations", f"derm7pt {SPLIT_NAME[split]}: AVG AUC and AVG ACC (%), "
+                 "mean ± sample std over runs, per configuration",
+                 ["Configuration", "Backbone", "AVG AUC", "AVG ACC", "Params (M)", "runs"], rows, notes)
 
 
 def _cat(t: str, c: str) -> str:
@@ -302,19 +369,25 @@ def params_table(jobs) -> Table:
                      f"{ref['value']:.2f}" if ref else ""])
     return Table("params", "Parameter counts (millions)",
                  ["Dataset", "Method", "Backbone", "Total", "Thesis count", "Trainable", "Thesis (M)"], rows,
-                 ["Thesis count includes each backbone's unused ImageNet classifier (METHODS §7)."])
+                 ["Thesis count includes each backbone's unused ImageNet classifier, as the thesis counted."])
 
 
 def stats_table(result: Mapping, name: str, title: str, thesis_table: str | None = None) -> Table:
+    """Friedman (in the notes) and one row per Wilcoxon pair with its own n: a pair runs over the
+    blocks holding both methods, so a missing run shortens only its method's pairs."""
     fr = result["friedman"]
     rows = []
     for r in result["pairs"]:
         thesis_p = T.wilcoxon_p(thesis_table, r["a"], r["b"]) if thesis_table else None
+        note = r["note"] or ""
+        if r.get("n_dropped"):
+            note = f"{r['n_dropped']} block(s) without both methods left out" + (f"; {note}" if note else "")
         rows.append([f"{r['a']} - {r['b']}", str(r["n"]), _g(r["statistic"]), _p(r["p"]),
                      "yes" if r["exact"] else "no", _p(r.get("p_holm")), _p(thesis_p) if thesis_table else "",
-                     r["note"] or ""])
-    friedman = (f"Friedman over {fr['n_methods']} methods × {fr['n_blocks']} blocks: "
-                + (f"χ² = {fr['statistic']:.3f}, p = {fr['p']:.3g}" if fr["p"] is not None else fr["note"]))
+                     note])
+    friedman = (f"Friedman over {fr['n_methods']} methods ({', '.join(result['methods'])}) × {fr['n_blocks']} "
+                f"complete blocks: " + (f"χ² = {fr['statistic']:.3f}, p = {fr['p']:.3g}" if fr["p"] is not None
+                                        else fr["note"]))
     return Table(name, title, ["Pair", "n", "W", "p (two-sided)", "exact", "p (Holm)",
                                f"thesis p ({T.table_id(thesis_table)})" if thesis_table else "thesis p", "note"],
                  rows, [friedman] + list(result["notes"]))

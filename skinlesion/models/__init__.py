@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from skinlesion.data.info import DataInfo
 from skinlesion.errors import ConfigError
-from skinlesion.registry import registrar
+from skinlesion.registry import import_package, import_plugins, registrar
 
 MODEL_REGISTRY: dict[str, type] = {}
 register_model = registrar(MODEL_REGISTRY, "model")
@@ -20,11 +20,15 @@ def _as_dict(cfg: DictConfig | dict | None) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
 
 
-def _resolve(model_cfg: DictConfig | dict) -> tuple[type, dict]:
-    # Importing the network modules registers them.
-    import skinlesion.models.baselines  # noqa: F401
-    import skinlesion.models.image_meta  # noqa: F401
+def registered_models() -> list[str]:
+    """Names of every network: this package's modules (each imported once) and the plugin directories'."""
+    import_package(__name__)
+    import_plugins()
+    return sorted(MODEL_REGISTRY)
 
+
+def _resolve(model_cfg: DictConfig | dict) -> tuple[type, dict]:
+    registered_models()   # importing the network modules registers them
     cfg = _as_dict(model_cfg)
     arch = cfg.pop("arch", None)
     if arch not in MODEL_REGISTRY:

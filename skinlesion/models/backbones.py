@@ -24,7 +24,7 @@ def _resolve_pretrained(pretrained: bool | str | None) -> tuple[bool, dict]:
 
 
 class Backbone(nn.Module):
-    """A timm model used as a feature extractor: pooled features and per-stage maps."""
+    """A timm model used as a feature extractor: global-average-pooled features of the last stage."""
 
     def __init__(self, name: str, pretrained: bool | str | None = False, drop_path_rate: float = 0.0):
         super().__init__()
@@ -49,20 +49,10 @@ class Backbone(nn.Module):
             for attr in ("conv_head", "norm_head", "act2"):
                 setattr(self.model, attr, nn.Identity())
         self.num_features: int = self.model.num_features
-        cfg = self.model.pretrained_cfg
-        self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-        self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features (B, num_features)."""
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Per-stage feature maps, NCHW, shallow to deep (for stage-wise fusion blocks)."""
-        return self.model.forward_intermediates(x, intermediates_only=True)
-
-    def stage_channels(self) -> list[int]:
-        return [info["num_chs"] for info in self.model.feature_info]
 
     def thesis_param_count(self) -> int:
         """Parameters as the thesis counts a backbone: with its unused ImageNet classifier (and conv head)."""

@@ -1,6 +1,9 @@
-"""Chapter-4 fusion modules F(f_I, m) (METHODS §3.2): CAT, MetaBlock, MetaNet, Mutual Attention, MMFA.
+"""Fusion modules F(f_I, m) of the JF / JIF networks: CAT, MetaBlock, MetaNet, Mutual Attention, MMFA.
 
-Every module is ``nn.Module(img_dim, meta_dim, **options)`` with ``out_dim`` fixed at construction and
+Every module of this package is imported on first use and registers itself with ``@register_fusion(name)``;
+adding a fusion method is one module file here plus its config ``conf/fusion/<name>.yaml`` (registered name,
+display label, options). Modules outside the checkout are found in the plugin directories of
+``$SKINLESION_PLUGINS`` (see ``skinlesion.registry``). Every module is ``nn.Module(img_dim, meta_dim, **options)`` with ``out_dim`` fixed at construction and
 ``forward(f_img (B, img_dim), m (B, meta_dim)) -> (B, out_dim)``. Modules whose reshape needs a divisible image
 width raise ``ValueError`` naming the width and the requirement.
 """
@@ -11,7 +14,7 @@ import inspect
 from torch import nn
 
 from skinlesion.errors import ConfigError
-from skinlesion.registry import registrar
+from skinlesion.registry import import_package, import_plugins, registrar
 
 FUSION_REGISTRY: dict[str, type[nn.Module]] = {}
 
@@ -28,6 +31,12 @@ def require_divisible(module: str, img_dim: int, unit: int, meaning: str) -> int
     return img_dim // unit
 
 
+def registered_fusions() -> list[str]:
+    """Names of every fusion module: this package's and the plugin directories'."""
+    import_plugins()
+    return sorted(FUSION_REGISTRY)
+
+
 def fusion_options(name: str) -> list[str]:
     """Option names a fusion module accepts (besides img_dim and meta_dim)."""
     params = list(inspect.signature(FUSION_REGISTRY[name]).parameters)
@@ -35,6 +44,8 @@ def fusion_options(name: str) -> list[str]:
 
 
 def build_fusion(name: str, img_dim: int, meta_dim: int, **kw) -> nn.Module:
+    if name not in FUSION_REGISTRY:
+        import_plugins()
     if name not in FUSION_REGISTRY:
         raise ConfigError(f"fusion={name!r} is unknown; registered: {sorted(FUSION_REGISTRY)}")
     accepted = fusion_options(name)
@@ -46,4 +57,4 @@ def build_fusion(name: str, img_dim: int, meta_dim: int, **kw) -> nn.Module:
 
 
 # Importing the modules registers them; placed after register_fusion so the submodules can import it.
-from skinlesion.models.fusion import cat, metablock, metanet, mmfa, mutual_attention  # noqa: E402,F401
+import_package(__name__)

@@ -1,5 +1,6 @@
-"""Synthetic run artefacts in the training side's schema, for tests, benchmarks and dry runs of the
-report. Probabilities are random but informative: the true class gets a logit boost of ``signal``."""
+"""Simulated run artefacts — prediction frames, run directories and whole Hydra-like sweeps — in the
+training side's schema, for tests, benchmarks and dry runs of the report (no images, no training).
+Probabilities are random but informative: the true class gets a logit boost of ``signal``."""
 from __future__ import annotations
 
 import json
@@ -67,20 +68,28 @@ def run_info(dataset: str, model: str, method: str, backbone: str, fold: int | N
             "params": {"total": 1000, "thesis_count": 1100, "trainable": 900}, "overrides": [], **extra}
 
 
-# model preset -> (display name, branches, logit boost of the true class)
-DEFAULT_MODELS = {"image_only": ("Image", ["image"], 0.8), "jf_cat": ("JF-CAT", ["fusion"], 1.2),
-                  "jif_mmfa": ("JIF-MMFA", ["image", "meta", "fusion"], 1.5)}
+# model preset -> (display name, branches, logit boost of the true class); the chapter-4 presets
+_FUSION = {"cat": ("CAT", 1.2), "metablock": ("MB", 1.1), "metanet": ("MN", 0.9), "mutual_attention": ("MA", 1.3),
+           "mmfa": ("MMFA", 1.4)}
+DEFAULT_MODELS = {"image_only": ("Image", ["image"], 0.8),
+                  **{f"jf_{k}": (f"JF-{abbr}", ["fusion"], sig) for k, (abbr, sig) in _FUSION.items()},
+                  **{f"jif_{k}": (f"JIF-{abbr}", ["image", "meta", "fusion"], sig + 0.1)
+                     for k, (abbr, sig) in _FUSION.items()}}
+CHAPTER4_MODELS = tuple(DEFAULT_MODELS)
+CHAPTER4_BACKBONES = ("mobilenetv2_100", "efficientnet_b3", "resnet50", "densenet121", "xception")
 
 
 def make_sweep(root: str | Path, dataset: str, models: Sequence[str] = ("image_only", "jif_mmfa"),
                backbones: Sequence[str] = ("densenet121.tv_in1k",), runs: Sequence[int] = (0, 1),
                n_val: int = 80, n_test: int = 60, skip: Sequence[int] = (), fail: Sequence[int] = (),
                no_run_json: Sequence[int] = (), features: bool = False, tasks: Sequence[str] | None = None,
-               main_metric: str | None = None, seed: int = 0, sweeper_params: bool = False) -> Path:
+               main_metric: str | None = None, seed: int = 0, sweeper_params: bool = False,
+               experiment: str | None = None) -> Path:
     """A Hydra-like multirun directory: ``multirun.yaml`` plus numbered job directories with
     ``.hydra/overrides.yaml``, ``run.json`` and predictions. ``runs`` are folds (PAD/ISIC) or seeds
     (derm7pt). Job numbers in ``skip`` get no directory, in ``no_run_json`` no run.json, in ``fail``
-    a failed status. With ``sweeper_params`` the sweep is declared like an experiment preset."""
+    a failed status. With ``sweeper_params`` the sweep is declared like an experiment preset;
+    ``experiment`` is recorded as the runs' experiment (their W&B group)."""
     import yaml
 
     root = Path(root)
@@ -90,8 +99,8 @@ def make_sweep(root: str | Path, dataset: str, models: Sequence[str] = ("image_o
     sweep = {"model": ",".join(models), "backbone": ",".join(backbones), run_key: ",".join(map(str, runs))}
     hydra = {"overrides": {"task": [f"dataset={dataset}"] + ([] if sweeper_params else [f"{k}={v}" for k, v in sweep.items()])},
              "sweeper": {"params": sweep if sweeper_params else None}}
-    if sweeper_params:
-        hydra["overrides"]["task"].append("experiment=synthetic")
+    if sweeper_params or experiment:
+        hydra["overrides"]["task"].append(f"experiment={experiment or 'simulated'}")
     (root / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra}, sort_keys=False))
     classes = dataset_classes(dataset)
     if tasks:
@@ -113,6 +122,7 @@ def make_sweep(root: str | Path, dataset: str, models: Sequence[str] = ("image_o
                 info = run_info(dataset, model, method, bb, None if dataset == "derm7pt" else r, r, branches,
                                 status="failed" if num in fail else "completed", main_metric=main_metric,
                                 overrides=overrides)
+                info["experiment"] = experiment
                 if num in fail:
                     info["error"] = "RuntimeError: synthetic failure"
                     write_run(d, info, None)

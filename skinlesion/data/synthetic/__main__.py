@@ -1,0 +1,3 @@
+from skinlesion.data.synthetic.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""Stochastic weight averaging for the chapter-5 recipe: average the network's weights at the end of each of the
+last ``last_epochs`` epochs, recompute the BatchNorm statistics of the averaged weights on the training set, and
+evaluate those weights.
+
+Lightning's own ``StochasticWeightAveraging`` callback switches to its SWA learning-rate schedule for the averaged
+epochs; the thesis keeps the cosine schedule running to its end, so this callback only averages and never touches
+the optimiser or the scheduler.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch.optim.swa_utils import AveragedModel
+
+log = logging.getLogger(__name__)
+
+
+def _network(pl_module: L.LightningModule) -> torch.nn.Module:
+    return getattr(pl_module, "network", pl_module)
+
+
+@torch.no_grad()
+def recompute_batchnorm(pl_module: L.LightningModule, loader) -> int:
+    """Reset every BatchNorm layer of the network and re-estimate its statistics over ``loader`` (an equal-weight
+    average over batches, as ``torch.optim.swa_utils.update_bn``); returns the number of batches seen."""
+    net = _network(pl_module)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return 0
+    momenta = {m: m.momentum for m in norms}
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None   # cumulative average
+    was_training = net.training
+    net.train()
+    n = 0
+    for batch in loader:
+        batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+        net(pl_module.on_after_batch_transfer(batch, 0))
+        n += 1
+    for m in norms:
+        m.momentum = momenta[m]
+    net.train(was_training)
+    return n
+
+
+class WeightAveraging(Callback):
+    """Average the weights of epochs ``max_epochs - last_epochs + 1 .. max_epochs`` (1-based), then load the average
+    into the module, recompute BN statistics and save ``<dirpath>/swa.ckpt`` for the final evaluation."""
+
+    def __init__(self, last_epochs: int = 50, dirpath: str | None = None, update_bn: bool = True):
+        if last_epochs < 1:
+            raise ValueError(f"last_epochs must be >= 1, got {last_epochs}")
+        self.last_epochs, self.dirpath, self.update_bn = last_epochs, dirpath, update_bn
+        self.averaged: AveragedModel | None = None
+        self.checkpoint_path: str | None = None
+
+    def first_epoch(self, trainer: L.Trainer) -> int:
+        """0-based epoch index from which weights are averaged."""
+        return max(0, int(trainer.max_epochs) - self.last_epochs)
+
+    @property
+    def n_averaged(self) -> int:
+        return 0 if self.averaged is None else int(self.averaged.n_averaged)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch < self.first_epoch(trainer):
+            return
+        net = _network(pl_module)
+        if self.averaged is None:
+            self.averaged = AveragedModel(net, use_buffers=False)
+        self.averaged.update_parameters(net)
+
+    def on_train_end(self, trainer, pl_module):
+        if self.averaged is None:
+            log.warning("weight averaging: training ended before epoch %d; the best checkpoint is evaluated instead",
+                        self.first_epoch(trainer) + 1)
+            return
+        net = _network(pl_module)
+        with torch.no_grad():   # parameters only: BN statistics are re-estimated below for the new weights
+            for p, p_avg in zip(net.parameters(), self.averaged.module.parameters()):
+                p.copy_(p_avg)
+        if self.update_bn:
+            dm = trainer.datamodule
+            n = recompute_batchnorm(pl_module, dm.train_dataloader() if dm is not None else trainer.train_dataloader)
+            log.info("weight averaging: %d states averaged, BatchNorm statistics recomputed over %d batches",
+                     self.n_averaged, n)
+        directory = Path(self.dirpath or trainer.default_root_dir)
+        self.checkpoint_path = str(directory / "swa.ckpt")
+        trainer.save_checkpoint(self.checkpoint_path)
+
+    def state_dict(self):
+        return {"n_averaged": self.n_averaged}
