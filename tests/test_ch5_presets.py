@@ -1,0 +1,147 @@
+"""Chapter-5 presets: every model preset trains one epoch end to end on generated derm7pt data; the sweep presets
+of Tables 5.6-5.18 compose into the networks and recipe they name."""
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from skinlesion.config import expand_sweep, validate_config
+from skinlesion.data.info import DataInfo
+from skinlesion.data.tasks import DERM7PT_TASKS
+from skinlesion.models import build_network
+from skinlesion.testing import compose_cfg, run_record, train
+from skinlesion.train import CONFIG_DIR
+
+CONF = Path(CONFIG_DIR)
+INFO = DataInfo("derm7pt", DERM7PT_TASKS, ("derm", "clinic"), 20)
+# Test backbones for the encoders; weight averaging over the last of the two epochs.
+FAST = ["backbone=test_resnet", "structure.clinic_backbone.name=test_efficientnet",
+        "trainer.max_epochs=2", "callbacks.swa.last_epochs=1", "trainer.limit_train_batches=2"]
+
+PRESETS = {
+    "sff_cat": ["model=two_image"],
+    "aff_bab": ["model=two_image", "structure=aff", "block=bab"],
+    "ammfm": ["model=ammfm"],
+    "pemm": ["model=pemm"],
+    "single_clinic": ["model=single_image", "model.net.image_key=clinic"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_chapter5_preset_trains_and_tests_end_to_end(name, derm7pt_root, tmp_path):
+    overrides = [*PRESETS[name], "data=derm7pt", f"data.root={derm7pt_root}", *FAST]
+    if name in ("sff_cat", "pemm", "single_clinic"):
+        overrides.remove("structure.clinic_backbone.name=test_efficientnet")   # no separate clinical encoder
+    run = train(overrides, tmp_path / "run")
+    rec = run_record(run)
+    assert rec["status"] == "completed", rec.get("error")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["weight_averaging"] == {"states": 1, "last_epochs": 1}
+    assert metrics["evaluated_checkpoint"].endswith("swa.ckpt")
+    test = pd.read_parquet(run / "predictions" / "test.parquet")
+    branches = {c.split("/")[1] for c in test.columns if c.startswith("prob/")}
+    tasks = {c.split("/")[2] for c in test.columns if c.startswith("prob/")}
+    assert tasks == {t.name for t in DERM7PT_TASKS}
+    if name == "single_clinic":
+        assert branches == {"image"} and rec["reported"] == "image"
+        return
+    assert branches == {"derm", "clinic", "fusion"}
+    # The reported output is the Scheme-1 weighting, found on validation and applied to test.
+    assert rec["reported"] == "searched"
+    weights = metrics["search"]["weights"]
+    assert list(weights) == ["derm", "clinic", "fusion"] and sum(weights.values()) == pytest.approx(1)
+    fused = pd.read_parquet(run / "search" / "test_fused.parquet")
+    assert len(fused) == len(test)
+    for t in DERM7PT_TASKS:
+        cols = [f"prob/{b}/{t.name}/{c}" for b in weights for c in t.classes]
+        mix = sum(weights[b] * test[[f"prob/{b}/{t.name}/{c}" for c in t.classes]].to_numpy() for b in weights)
+        assert cols and (fused[[f"prob/searched/{t.name}/{c}" for c in t.classes]].to_numpy() - mix).__abs__().max() < 1e-9
+    assert metrics["test"]["searched"]["avg_acc"] == pytest.approx(
+        float(sum((fused[f"target/{t.name}"].to_numpy() == fused[[f"prob/searched/{t.name}/{c}" for c in t.classes]]
+                   .to_numpy().argmax(1)).mean() for t in DERM7PT_TASKS) / len(DERM7PT_TASKS)))
+
+
+def test_pemm_biased_loss_weights(tmp_path):
+    def weights(*extra):
+        cfg = compose_cfg(["data=derm7pt", "model=pemm", *extra], tmp_path)
+        return OmegaConf.to_container(cfg.model.branch_weights, resolve=True)
+    assert weights() == pytest.approx({"derm": 0.4, "clinic": 0.1, "fusion": 0.5})       # W = 0.1
+    assert weights("model.loss.w=0.3") == pytest.approx({"derm": 0.2, "clinic": 0.3, "fusion": 0.5})
+    assert weights("model.loss.w=eq") == pytest.approx({"derm": 1 / 3, "clinic": 1 / 3, "fusion": 1 / 3})
+
+
+def test_pemm_loss_weight_out_of_range_is_one_line(derm7pt_root, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        train(["data=derm7pt", f"data.root={derm7pt_root}", "model=pemm", "model.loss.w=0.7"], tmp_path / "r")
+    msg = str(exc.value)
+    assert msg.startswith("error: ") and "model.loss.w" in msg and "\n" not in msg
+
+
+def test_two_image_model_on_pad_ufes_fails_at_start(pad_root, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        train(["data=pad_ufes", f"data.root={pad_root}", "model=ammfm"], tmp_path / "r")
+    assert "needs image modality" in str(exc.value) and not (tmp_path / "r" / "folds.csv").exists()
+
+
+CH5_RECIPE = {"optimizer": {"name": "adam", "lr": 3e-5, "weight_decay": 0.0}, "max_epochs": 250, "batch_size": 24,
+              "image_size": 224, "class_weighted": False, "tta": "six", "early_stopping": None,
+              "swa_last_epochs": 50, "brightness_contrast": True, "T_max": 250}
+
+
+def _settings(cfg) -> dict:
+    r = OmegaConf.to_container(cfg, resolve=True)
+    return {"optimizer": r["optim"]["optimizer"], "max_epochs": r["trainer"]["max_epochs"],
+            "batch_size": r["data"]["batch_size"], "image_size": r["data"]["image_size"],
+            "class_weighted": r["class_weighted"], "tta": r["tta"],
+            "early_stopping": r["callbacks"].get("early_stopping"),
+            "swa_last_epochs": (r["callbacks"].get("swa") or {}).get("last_epochs"),
+            "brightness_contrast": r["data"]["augment"]["brightness_contrast"], "T_max": r["optim"]["scheduler"]["T_max"]}
+
+
+def sweep_points(experiment: str) -> list[list[str]]:
+    """Every point of a preset's sweep except the seeds (which change nothing but the seed)."""
+    params = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
+    axes = [[f"{k}={v}" for v in expand_sweep(k, str(vals))] for k, vals in params.items() if k != "seed"]
+    return [list(p) for p in itertools.product(*axes)]
+
+
+# experiment -> (points, runs per point, methods expected)
+CH5_SWEEPS = {
+    "table5_6": (6, 10, {"SFF-CAT", "SFF-BAB", "SFF-AAB", "AFF-CAT", "AFF-BAB", "AFF-AAB"}),
+    "table5_7": (6, 10, {"Single-derm", "Single-clinic", "SFF-CAT", "AMMFM-reversed"}),
+    "table5_10": (8, 10, {"Single-derm", "Single-clinic", "SFF-CAT", "AMMFM"}),
+    "table5_15": (5, 5, {"SFF-CAT", "PS-CAT", "PS-CA", "PS-SCA", "PEMM"}),
+    "table5_16": (2, 5, {"PEMM", "PEMM-shared-classifier"}),
+    "table5_17": (7, 5, {f"PEMM W={w}" for w in ("0", "0.1", "0.2", "0.3", "0.4", "0.5", "eq")}),
+    "table5_18": (16, 5, {"Single-derm", "Single-clinic", "SFF-CAT", "PEMM"}),
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(CH5_SWEEPS))
+def test_chapter5_sweep_presets_compose(experiment, tmp_path):
+    n_points, runs, methods = CH5_SWEEPS[experiment]
+    params = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
+    assert len(expand_sweep("seed", str(params["seed"]))) == runs     # the thesis's run counts
+    points = sweep_points(experiment)
+    assert len(points) == n_points
+    seen = set()
+    for point in points:
+        cfg = compose_cfg([f"experiment={experiment}", *point], tmp_path)
+        validate_config(cfg)
+        assert cfg.group == experiment and cfg.data.dataset == "derm7pt" and cfg.data.meta == "m20"
+        assert _settings(cfg) == CH5_RECIPE, point
+        assert cfg.backbone.pretrained is True
+        seen.add(cfg.model.method)
+        net_cfg = OmegaConf.to_container(cfg.model.net, resolve=True)
+        if net_cfg.get("clinic_backbone"):
+            net_cfg["clinic_backbone"]["pretrained"] = False
+        with torch.device("meta"):   # builds the network the point names, without loading weights
+            net = build_network(net_cfg, {**OmegaConf.to_container(cfg.backbone), "pretrained": False}, INFO)
+        assert net.param_counts()["total"] > 0
+    assert seen == methods
