@@ -66,3 +66,22 @@ def test_isic2019_official_layout(tmp_path):
     assert len(table) == 25331 and len(val_ids) in (5066, 5067)
     check_predictions(tmp_path / "run", "val", table, val_ids)
     assert not (tmp_path / "run" / "predictions" / "test.parquet").exists()
+
+
+def test_derm7pt_official_layout_two_image_model(tmp_path):
+    """AMMFM on the official layout: the three branches and the Scheme-1 weighted output for all 395 test cases."""
+    src = shared("derm7pt", "meta", "meta.csv")
+    root = generate("derm7pt", tmp_path / "derm7pt" / "release_v0", size=64, from_csv=src, progress=False)
+    cli(["data=derm7pt", f"data.root={root}", "model=ammfm", "backbone=test_resnet", "backbone.pretrained=false",
+         "structure.clinic_backbone.name=test_efficientnet", "trainer=cpu", "trainer.max_epochs=2",
+         "callbacks.swa.last_epochs=1", "data.image_size=64", "data.batch_size=32", "data.num_workers=2"],
+        tmp_path / "run")
+    table = derm7pt.read(shared("derm7pt"))
+    part = derm7pt.partition(table, shared("derm7pt"))
+    test_ids = set(table.case_ids[part == "test"])
+    check_predictions(tmp_path / "run", "test", table, test_ids)
+    pred = pd.read_parquet(tmp_path / "run" / "predictions" / "test.parquet")
+    assert {c.split("/")[1] for c in pred.columns if c.startswith("prob/")} == {"derm", "clinic", "fusion"}
+    assert {c.split("/")[2] for c in pred.columns if c.startswith("prob/")} == {t.name for t in derm7pt.TASKS}
+    fused = pd.read_parquet(tmp_path / "run" / "search" / "test_fused.parquet")
+    assert set(fused["case_id"]) == test_ids

@@ -9,7 +9,7 @@ import warnings
 import pandas as pd
 import pytest
 
-from skinlesion.data.metadata import UnseenCategoryWarning, build_meta_encoder
+from skinlesion.data.metadata import UnseenCategoryWarning, build_vectorizer
 from skinlesion.testing import REPO, run_record, train
 
 
@@ -67,7 +67,7 @@ def test_unknown_label_names_line_and_value(pad_copy, tmp_path):
 
 def test_unknown_metadata_category_warns_once_per_column(pad_root):
     df = pd.read_csv(pad_root / "metadata.csv")
-    enc = build_meta_encoder("pad_ufes", "m81").fit(df)
+    enc = build_vectorizer("pad_ufes", "m81").fit(df)
     df.loc[:3, "region"] = "ELBOW"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

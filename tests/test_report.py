@@ -76,11 +76,16 @@ def test_report_lists_missing_and_failed(tmp_path, capsys):
     info = json.loads((sweep / "2" / "run.json").read_text())
     (sweep / "2" / "run.json").write_text(json.dumps({**info, "status": "running"}))
     (sweep / "6" / "predictions" / "test.parquet").unlink()
+    info = json.loads((sweep / "3" / "run.json").read_text())   # job 3 was stopped by SIGTERM
+    (sweep / "3" / "run.json").write_text(json.dumps({**info, "status": "interrupted",
+                                                      "interrupted_at": {"epoch": 3, "step": 40}}))
     assert main([str(sweep), "--no-figures", "--format", "md"]) == 0
     captured = capsys.readouterr()
     out = sweep / "report"  # default output location
     missing = pd.read_csv(out / "missing.csv")
-    assert sorted(missing["status"]) == ["failed", "missing_job", "missing_predictions", "missing_run_json", "running"]
+    assert sorted(missing["status"]) == ["failed", "interrupted", "missing_job", "missing_predictions",
+                                         "missing_run_json", "running"]
+    assert missing[missing.status == "interrupted"].iloc[0]["reason"] == "stopped by a signal at epoch 3, step 40"
     lost = missing[missing.status == "missing_job"].iloc[0]
     assert "model=image_only" in lost["job"] and "data.fold=1" in lost["job"]
     assert "synthetic failure" in missing[missing.status == "failed"].iloc[0]["reason"]
@@ -90,10 +95,10 @@ def test_report_lists_missing_and_failed(tmp_path, capsys):
     page = (out / "report.html").read_text()
     assert "missing_job" in page and "synthetic failure" in page
     md = (out / "tables" / "pad_ufes_val_bac_backbones.md").read_text()
-    assert "(n=1)" in md  # the single surviving JIF run is flagged, not silently averaged
+    assert "(n=1)" in md  # the single surviving runs are flagged, not silently averaged
     summary = pd.read_csv(out / "summary.csv")
     n = summary[(summary.split == "val") & (summary.backbone == "Average")].set_index("method")["n"]
-    assert n.to_dict() == {"Image": 2, "JIF-MMFA(OFB)": 1, "JIF-MMFA(All)": 1}
+    assert n.to_dict() == {"Image": 1, "JIF-MMFA(OFB)": 1, "JIF-MMFA(All)": 1}
     table = (out / "tables" / "missing_or_failed.md").read_text()
     assert table.count("| missing_job |") == 1
 

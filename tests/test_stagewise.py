@@ -21,6 +21,7 @@ def _model(name: str):
 
 
 @pytest.mark.parametrize("name,size", [("test_resnet", 64), ("test_efficientnet", 64), ("test_convnext", 64),
+                                       ("resnet50", 224), ("convnext_tiny", 224), ("densenet201", 224),
                                        ("swin_tiny_patch4_window7_224", 224), ("mobilenetv3_small_100", 224)])
 def test_stagewise_without_refinement_equals_plain_forward(name, size):
     torch.manual_seed(0)

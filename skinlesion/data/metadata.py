@@ -415,6 +415,3 @@ def meta_dim(dataset: str, variant: str | None = None, clean: bool = False) -> i
     _, spec = _resolve(dataset, variant, clean)
     return sum(len(f.columns) for f in spec)
 
-
-# The former name, kept for callers outside the data package.
-build_meta_encoder = build_vectorizer

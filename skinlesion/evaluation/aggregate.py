@@ -124,7 +124,7 @@ class Job:
     path: Path | None
     info: dict = field(default_factory=dict)
     overrides: dict[str, str] = field(default_factory=dict)
-    status: str = "ok"            # ok | failed | running | missing_job | missing_run_json | missing_predictions | invalid
+    status: str = "ok"            # ok | failed | interrupted | running | missing_job | missing_run_json | missing_predictions | invalid
     reason: str | None = None
     sweep: Path | None = None
     expected: dict[str, str] | None = None
@@ -174,6 +174,10 @@ def _load_job(path: Path) -> Job:
     status = job.info.get("status")
     if status == "failed":
         job.status, job.reason = "failed", job.info.get("error") or "run.json status 'failed'"
+    elif status == "interrupted":
+        at = job.info.get("interrupted_at") or {}
+        job.status, job.reason = "interrupted", "stopped by a signal" + (
+            f" at epoch {at.get('epoch')}, step {at.get('step')}" if at else "")
     elif status != "completed":
         job.status, job.reason = "running", f"run.json status {status!r} (not completed)"
     else:

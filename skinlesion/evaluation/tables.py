@@ -30,7 +30,7 @@ BACKBONE_TABLES = {("pad_ufes", "bac", "val"): ["table4_1", "table4_7"],
 WILCOXON_TABLES = {("pad_ufes", "bac", "val"): "table4_4", ("derm7pt", "bac", "test"): "table4_5",
                    ("isic2019", "bac", "val"): "table4_6"}
 TASK_MEAN_TABLES = ["table6_3", "table6_4", "table6_5", "table6_6", "table6_7", "table6_8"]
-TASK_BEST_TABLES = ["table5_3", "table6_9"]
+TASK_BEST_TABLES = ["table5_3", "table5_12", "table6_9"]
 
 CANONICAL_TASKS = [t.name for t in DERM7PT_TASKS]
 TASK_LAYOUTS = {
@@ -277,7 +277,7 @@ def category_auc_table(records, details, split="test", main_metric=None, kind="m
     rec = _derm7pt_records(records, "derm7pt", split, main_metric)
     present = {c for k, m in details.items() if k[2] == split for c in m.get("category_auc", {})}
     cats = [_cat(t, c) for t, c in DERM7PT_AUC_CATEGORIES if _cat(t, c) in present]
-    tables = ["table5_2"] if compare and kind == "best" else []
+    tables = (["table5_2", "table5_11"] if kind == "best" else ["table5_8"]) if compare else []
     rows = []
     for label, method, runs in _row_groups(rec):
         row = [label] + [_value_cell(rec, details, label, runs, method, split,
@@ -299,7 +299,7 @@ def melanoma_table(records, details, split="test", main_metric=None, kind="mean"
     rec = _derm7pt_records(records, "derm7pt", split, main_metric)
     present = {c for k, m in details.items() if k[2] == split for c in m.get("melanoma", {}).get("categories", {})}
     cats = [_cat(t, c) for t, c in DERM7PT_MELANOMA_CATEGORIES if _cat(t, c) in present]
-    tables = ["table5_4"] if compare and kind == "best" else []
+    tables = ["table5_4", "table5_14"] if compare and kind == "best" else []
     rows = []
     for metric in ("auc", "precision", "sensitivity", "specificity"):
         for label, method, runs in _row_groups(rec):

@@ -77,7 +77,6 @@ class Refine(nn.Module):
 
 class _Block(nn.Module):
     """forward(clinical map, dermoscopy map) -> (clinical', dermoscopy'), both NCHW of equal H×W."""
-    refines: tuple[str, ...] = ()   # which maps the block changes
 
     @staticmethod
     def _check(c: torch.Tensor, d: torch.Tensor) -> None:
@@ -88,7 +87,6 @@ class _Block(nn.Module):
 
 @register_block("aab")
 class AsymmetricBlock(_Block):
-    refines = ("derm",)
 
     def __init__(self, clin_channels: int, derm_channels: int, reduction: int = 8, gamma: str = "none",
                  softmax_axis: str = "keys"):
@@ -103,7 +101,6 @@ class AsymmetricBlock(_Block):
 
 @register_block("bab")
 class BidirectionalBlock(_Block):
-    refines = ("clin", "derm")
 
     def __init__(self, clin_channels: int, derm_channels: int, reduction: int = 8, gamma: str = "none",
                  softmax_axis: str = "keys"):
@@ -128,7 +125,6 @@ class SelfBlock(BidirectionalBlock):
 
 @register_block("sca")
 class SharedCrossBlock(_Block):
-    refines = ("clin", "derm")
 
     def __init__(self, clin_channels: int, derm_channels: int, reduction: int = 8, gamma: str = "none",
                  softmax_axis: str = "keys"):
