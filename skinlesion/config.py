@@ -23,7 +23,7 @@ def _auto_precision() -> str:
     return "bf16-mixed" if torch.cuda.is_available() else "32-true"
 
 
-def _biased_loss(branch: str, w) -> float:
+def biased_loss_weight(branch: str, w) -> float:
     """Branch weight of PEMM's loss W·L_clinic + (0.5 − W)·L_derm + 0.5·L_fusion; ``w='eq'``: 1/3 each."""
     if str(w).lower() in ("eq", "equal"):
         return 1.0 / 3.0
@@ -41,7 +41,7 @@ def _biased_loss(branch: str, w) -> float:
 
 def register_resolvers() -> None:
     for name, fn in (("minus", lambda a, b: float(a) - float(b)), ("auto_precision", _auto_precision),
-                     ("biased_loss", _biased_loss)):
+                     ("biased_loss", biased_loss_weight)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

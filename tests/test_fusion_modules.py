@@ -1,4 +1,4 @@
-"""Chapter-4 fusion modules: shapes, gradient flow, and the formulas of METHODS §3.2 on hand-set weights."""
+"""Chapter-4 fusion modules: shapes, gradient flow, and their formulas (docs/chapter4.md) on hand-set weights."""
 from __future__ import annotations
 
 import math

@@ -133,7 +133,7 @@ def test_image_key_selection():
 
 
 def test_mobilenetv2_parameter_counts():
-    """METHODS §7: Image 3.51M -> JIF-MMFA ≈4.49M (thesis 3.6 -> 4.4) on PAD m81, thesis convention."""
+    """Parameter accounting: Image 3.51M -> JIF-MMFA ≈4.49M (thesis 3.6 -> 4.4) on PAD m81, thesis convention."""
     bb = {"name": "mobilenetv2_100", "pretrained": False}
     image = build_network({"arch": "image_only"}, bb, PAD).param_counts()
     jif = build_network(net_cfg("jif", "mmfa"), bb, PAD).param_counts()

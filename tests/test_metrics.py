@@ -190,7 +190,7 @@ def test_hand_worked_four_cases():
 
 
 def test_all_logits_combination_equals_softmax_of_mean_logits():
-    """A-10's alternative JIF(All) reading is recovered exactly from the saved probabilities."""
+    """The logit reading of JIF(All) is recovered exactly from the saved probabilities."""
     from skinlesion.evaluation.predictions import combine
     rng = np.random.default_rng(0)
     logits = {b: rng.normal(size=(6, 3)) * 3 for b in ("image", "meta", "fusion")}

@@ -33,7 +33,7 @@ def test_mobilenetv3_small_pools_576_without_conv_head():
     with torch.device("meta"):
         bb = Backbone("mobilenetv3_small_100")
     assert bb.num_features == 576
-    assert bb.thesis_param_count() == 2542856          # METHODS §7 (classifier and conv head included)
+    assert bb.thesis_param_count() == 2542856          # thesis convention: classifier and conv head included
 
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="shared ImageNet weights not available")

@@ -118,3 +118,24 @@ def test_two_image_model_on_a_single_image_dataset_fails_at_start():
     pad = DataInfo("pad_ufes", PAD_UFES_TASKS, ("clinic",), 81)
     with pytest.raises(ConfigError, match="needs image modality"):
         build_network({"arch": "two_image"}, TINY, pad)
+
+
+def test_pemm_biased_loss_is_the_weighted_sum_of_branch_losses():
+    import torch.nn.functional as F
+
+    from skinlesion.config import biased_loss_weight
+    from skinlesion.module import MultiTaskModule
+
+    torch.manual_seed(0)
+    net = build_network({"arch": "two_image", "shared_encoder": True, "block": "sca"}, TINY, INFO)
+    weights = {b: biased_loss_weight(b, 0.2) for b in ("derm", "clinic", "fusion")}
+    module = MultiTaskModule(net, INFO, branch_weights=weights, report="fusion", optim={"name": "adam", "lr": 1e-3})
+    b = _batch(4)
+    target = torch.stack([torch.randint(0, t.num_classes, (4,)) for t in DERM7PT_TASKS], 1)
+    logits = net(b)["logits"]
+    total, parts = module.loss(logits, target)
+    by_hand = {br: sum(F.cross_entropy(logits[br][t.name], target[:, j]) for j, t in enumerate(DERM7PT_TASKS))
+               for br in ("derm", "clinic", "fusion")}
+    assert weights == pytest.approx({"derm": 0.3, "clinic": 0.2, "fusion": 0.5})
+    assert torch.allclose(total, 0.2 * by_hand["clinic"] + 0.3 * by_hand["derm"] + 0.5 * by_hand["fusion"])
+    assert all(torch.allclose(parts[br], by_hand[br]) for br in by_hand)

@@ -246,6 +246,10 @@ def run_outputs(job: Job, pred_branches: Sequence[str]) -> list[tuple[str, objec
     if JIF_BRANCHES <= set(branches) and len(branches) == 3:
         all_space = "all_logits" if info.get("reported") == "all_logits" else "all"   # the run chose the logit reading of JIF(All)
         out = [(f"{method}(OFB)", "fusion"), (f"{method}(All)", all_space)]
+    elif set(branches) == {"p1", "p2", "p3"}:   # FusionM4Net stage 2: both fusion schemes and their mix
+        clf = info.get("classifier")
+        tag = f"[{clf}]" if clf and clf != "svm" else ""
+        out = [(f"{method}{tag}({b.upper()})", b) for b in ("p1", "p2", "p3")]
     else:
         reported = info.get("reported") or ("all" if len(branches) > 1 else branches[0])
         out = [(method, reported)]

@@ -45,7 +45,7 @@ class Backbone(nn.Module):
                               "backbone.pretrained=/path/to/weights.pth, or backbone.pretrained=false") from None
         if hasattr(self.model, "conv_head") and type(self.model).__name__ == "MobileNetV3":
             # The pooled feature is the GAP of forward_features (576 for MobileNetV3-Small), not the
-            # 1024-d conv head output (METHODS §2.1); drop the unused head so DDP sees no idle params.
+            # 1024-d conv head output; drop the unused head so DDP sees no idle params.
             for attr in ("conv_head", "norm_head", "act2"):
                 setattr(self.model, attr, nn.Identity())
         self.num_features: int = self.model.num_features

@@ -39,7 +39,7 @@ class Network(nn.Module):
     def param_counts(self) -> dict[str, int]:
         total = sum(p.numel() for p in self.parameters())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        # Thesis convention (METHODS §7): backbones counted with their unused ImageNet classifier.
+        # Thesis convention: backbones counted with their unused ImageNet classifier.
         thesis = total
         for module in self.modules():
             if hasattr(module, "thesis_param_count") and module is not self:

@@ -1,4 +1,4 @@
-"""The shared multi-task head: one classifier per task, linear or the MLP of METHODS §2.3."""
+"""The shared multi-task head: one classifier per task, linear or the MLP of the chapter-5 and -6 networks."""
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,4 @@
-"""Chapter-4 image + metadata networks (METHODS §3.1, Fig. 4.1): joint fusion (JF) and joint-individual
+"""Chapter-4 image + metadata networks (thesis Fig. 4.1): joint fusion (JF) and joint-individual
 fusion (JIF).
 
 Both are M_I (backbone) + M_M (metadata encoder) + a fusion module F + single-Linear classifiers. JF trains
@@ -18,7 +18,7 @@ from skinlesion.models.fusion import build_fusion
 from skinlesion.models.heads import MultiTaskHead
 from skinlesion.models.meta_encoder import MetaEncoder
 
-META_INPUTS = ("encoded", "raw")   # m fed to F: f_M (default) or the raw encoded metadata vector (A-11)
+META_INPUTS = ("encoded", "raw")   # m fed to F: f_M (default) or the raw encoded metadata vector
 
 
 class _ImageMetaNetwork(Network):
@@ -61,7 +61,7 @@ class _ImageMetaNetwork(Network):
 
         widths = {"image": img_dim, "meta": self.encoder.out_features if self.encoder else 0,
                   "fusion": self.fusion.out_dim}
-        # C_I, C_M, C_IM are single Linear layers (METHODS §3.1).
+        # C_I, C_M, C_IM are single Linear layers, as in the thesis.
         self.heads = nn.ModuleDict({b: MultiTaskHead(widths[b], info.tasks, kind="linear") for b in self.branches})
 
     def forward(self, batch):

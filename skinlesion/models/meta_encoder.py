@@ -1,4 +1,4 @@
-"""Metadata encoder M_M (METHODS §2.2): n_meta -> 256 -> 128 with BN, ReLU, dropout after the first layer."""
+"""Metadata encoder M_M: n_meta -> 256 -> 128 with BN, ReLU, dropout after the first layer."""
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -1,4 +1,4 @@
-"""CAT (Pacheco & Krohling 2021 baseline, A-07): reduce f_I, then concatenate with m."""
+"""CAT (Pacheco & Krohling 2021 baseline): reduce f_I, then concatenate with m."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""MetaBlock (Pacheco & Krohling 2021; METHODS §3.2): metadata-conditioned gating of f_I in groups of 32."""
+"""MetaBlock (Pacheco & Krohling 2021): metadata-conditioned gating of f_I in groups of 32."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""MetaNet (Li et al., ISBI 2020, as re-implemented by Pacheco; METHODS §3.2): per-channel metadata gate."""
+"""MetaNet (Li et al., ISBI 2020, as re-implemented by Pacheco): per-channel metadata gate."""
 from __future__ import annotations
 
 import torch
@@ -20,7 +20,7 @@ class MetaNet(nn.Module):
         self.channels = require_divisible("MetaNet", img_dim, unit, f"c = D/{unit} channels of {map_size}×{map_size}")
         self.unit = unit
         if hidden is None:
-            # METHODS §3.2: 64 hidden units, except 40 for MobileNet-v2's 1280-d feature (reference setting).
+            # 64 hidden units, except 40 for MobileNet-v2's 1280-d feature (reference setting).
             hidden = 40 if img_dim == 1280 else 64
         self.gate = nn.Sequential(nn.Linear(meta_dim, hidden), nn.ReLU(), nn.Linear(hidden, self.channels),
                                   nn.Sigmoid())

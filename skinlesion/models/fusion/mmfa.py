@@ -1,4 +1,4 @@
-"""MMFA — multi-modal fusion attention (thesis Eqs. 4.6–4.10; METHODS §3.2, A-12/13/14).
+"""MMFA — multi-modal fusion attention (thesis Eqs. 4.6–4.10).
 
 Features are the tokens: the concatenated query/key/value vectors (metadata first, Eq. 4.8) are split into
 ``heads`` heads of s = (d_img + d_meta)/heads scalars, and attention runs between the s scalars of a head.
@@ -33,7 +33,7 @@ class MMFA(nn.Module):
             raise ValueError(f"MMFA d_img + d_meta = {total} must be divisible by heads={heads}")
         self.op, self.heads, self.head_dim = op, heads, total // heads
         self.d_img, self.d_meta = d_img, d_meta
-        # One Linear per modality to 3·d, then BN, split into q, k, v (Eq. 4.9, A-12).
+        # One Linear per modality to 3·d, then BN, split into q, k, v (Eq. 4.9).
         self.qkv_img = nn.Sequential(nn.Linear(img_dim, 3 * d_img), nn.BatchNorm1d(3 * d_img))
         self.qkv_meta = nn.Sequential(nn.Linear(meta_dim, 3 * d_meta), nn.BatchNorm1d(3 * d_meta))
         self.out_dim = img_dim + meta_dim

@@ -1,4 +1,4 @@
-"""Mutual Attention (Cai et al., The Visual Computer 2023; METHODS §3.2, A-08) on pooled feature vectors.
+"""Mutual Attention (Cai et al., The Visual Computer 2023) on pooled feature vectors.
 
 No public code exists. Each modality's vector is cut into ``tokens`` chunks, each chunk projected to ``width``
 by a modality-specific shared Linear plus a learned position embedding; then two parallel cross-attention
