@@ -183,6 +183,7 @@ SCHEMA: dict[str, Field] = {
     "data.fold": INT0,
     "data.split": _f("choice", choices=("stratified", "lesion_grouped", "official")),
     "data.split_seed": _f("int", none=True),
+    "data.hold_out": _f("choice", choices=("second_half",), none=True),
     "data.meta_clean": BOOL,
     "data.scale_numeric": BOOL,
     "data.image_size": _f("int", lo=1, required=True),
@@ -223,7 +224,8 @@ SCHEMA: dict[str, Field] = {
     "callbacks.early_stopping.patience": INT0,
     "callbacks.model_checkpoint.save_top_k": _f("int", lo=-1),
     "model.beta": PROB,
-    "model.report": _f("str"),   # which branches exist depends on the network: checked when it is built
+    "model.report": _f("str"),
+    "model.monitor": _f("str", none=True),   # which branches exist depends on the network: checked when it is built
     "fusion.name": _f("str"),
     "fusion.label": _f("str"),
     "structure.shared_encoder": BOOL,

@@ -36,7 +36,8 @@ def class_weights(counts: np.ndarray) -> torch.Tensor:
 class MultiTaskModule(L.LightningModule):
     def __init__(self, network: nn.Module, info: DataInfo, branch_weights: dict[str, float], report: str,
                  optim: dict, scheduler: dict | None = None, class_counts: list[np.ndarray] | None = None,
-                 tta: str = "six", save_features: bool = False, normalize: str = "imagenet"):
+                 tta: str = "six", save_features: bool = False, normalize: str = "imagenet",
+                 monitor: str | None = None):
         super().__init__()
         self.network, self.info = network, info
         unknown = set(branch_weights) - set(network.branches)
@@ -46,6 +47,13 @@ class MultiTaskModule(L.LightningModule):
         if report not in ("all", "all_logits") and report not in network.branches:
             raise ConfigError(f"model.report={report!r}: expected 'all', 'all_logits' or one of "
                               f"{list(network.branches)}")
+        # What val/main tracks: the reported output, or ``branch_mean`` — each branch scored on its own and the
+        # scores averaged (FusionNet's checkpoint selection: per-task accuracy averaged over its three branches).
+        monitor = monitor or report
+        if monitor not in ("all", "all_logits", "branch_mean") and monitor not in network.branches:
+            raise ConfigError(f"model.monitor={monitor!r}: expected 'all', 'all_logits', 'branch_mean' or one of "
+                              f"{list(network.branches)}")
+        self.monitor = monitor
         self.branch_weights = {b: float(branch_weights.get(b, 0.0)) for b in network.branches}
         self.report, self.optim_cfg, self.sched_cfg = report, dict(optim), dict(scheduler or {})
         self.tta = tta_views(tta)
@@ -56,8 +64,10 @@ class MultiTaskModule(L.LightningModule):
         # Per-epoch validation: one confusion matrix per task (torchmetrics sums it across DDP ranks). BAC and
         # ACC are read from it with the offline definitions (recall averaged over the classes present), which
         # macro-averaged MulticlassAccuracy does not match when a class is predicted but absent from the split.
-        self.val_confusion = nn.ModuleList(MulticlassConfusionMatrix(num_classes=t.num_classes, validate_args=False)
-                                           for t in info.tasks)
+        scored = network.branches if monitor == "branch_mean" else (monitor,)
+        self.val_confusion = nn.ModuleDict({b: nn.ModuleList(
+            MulticlassConfusionMatrix(num_classes=t.num_classes, validate_args=False) for t in info.tasks)
+            for b in scored})
         self._outputs: list[dict] = []
         self.eval_views: tuple[str, ...] = ("identity",)
         self.predictions: pd.DataFrame | None = None
@@ -119,25 +129,29 @@ class MultiTaskModule(L.LightningModule):
                     z_acc[t] = z_acc.get(t, 0) + z / n
         return probs, logits, feats
 
-    def combined_probs(self, probs: dict, logits: dict) -> dict[str, torch.Tensor]:
-        """Per task, the probabilities of the reported output: a branch, ``all`` (mean of the branch
-        probabilities) or ``all_logits`` (softmax of the mean branch logits)."""
-        if self.report == "all":
+    def combined_probs(self, probs: dict, logits: dict, output: str | None = None) -> dict[str, torch.Tensor]:
+        """Per task, the probabilities of an output (default: the reported one): a branch, ``all`` (mean of the
+        branch probabilities) or ``all_logits`` (softmax of the mean branch logits)."""
+        output = output or self.report
+        if output == "all":
             return {t.name: sum(probs[b][t.name] for b in probs) / len(probs) for t in self.info.tasks}
-        if self.report == "all_logits":
+        if output == "all_logits":
             return {t.name: (sum(logits[b][t.name] for b in logits) / len(logits)).softmax(-1)
                     for t in self.info.tasks}
-        return probs[self.report]
+        return probs[output]
 
     def validation_step(self, batch, batch_idx):
         probs, logits, _ = self.tta_outputs(batch)
-        for j, t in enumerate(self.info.tasks):
-            pred = self.combined_probs(probs, logits)[t.name].argmax(-1)
-            self.val_confusion[j].update(pred, batch["target"][:, j])
+        for output, per_task in self.val_confusion.items():
+            combined = self.combined_probs(probs, logits, output)
+            for j, t in enumerate(self.info.tasks):
+                per_task[j].update(combined[t.name].argmax(-1), batch["target"][:, j])
 
-    def on_validation_epoch_end(self):
+    @staticmethod
+    def _read_confusion(per_task) -> tuple[list[float], list[float]]:
+        """Per-task BAC and ACC from the epoch's confusion matrices (then reset)."""
         bac, acc = [], []
-        for cm_metric in self.val_confusion:
+        for cm_metric in per_task:
             cm = cm_metric.compute().double()   # synchronised across ranks
             cm_metric.reset()
             support = cm.sum(1)
@@ -145,9 +159,16 @@ class MultiTaskModule(L.LightningModule):
             recall = cm.diagonal()[present] / support[present]
             bac.append(recall.mean().item() if present.any() else math.nan)
             acc.append((cm.diagonal().sum() / cm.sum()).item() if cm.sum() > 0 else math.nan)
+        return bac, acc
+
+    def on_validation_epoch_end(self):
+        per_output = [self._read_confusion(per_task) for per_task in self.val_confusion.values()]
         if self.trainer.sanity_checking:
             return
-        # main metric: mean task BAC (the BAC itself for one task) or mean task ACC (multi-task data)
+        # Per task, the scores averaged over the scored outputs (one, unless monitor=branch_mean); then the main
+        # metric: mean task BAC (the BAC itself for one task) or mean task ACC (multi-task data).
+        bac, acc = (np.nanmean(np.array([o[k] for o in per_output], dtype=float), axis=0) if per_output else []
+                    for k in (0, 1))
         defined = [v for v in (bac if self.info.main_metric == "bac" else acc) if not math.isnan(v)]
         score = float(np.mean(defined)) if defined else math.nan
         avg_acc = [v for v in acc if not math.isnan(v)]

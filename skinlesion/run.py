@@ -102,7 +102,10 @@ class Run:
             cfg = self.cfg
             info = self.datamodule().info
             backbone = OmegaConf.merge(cfg.backbone, {"pretrained": False})   # the checkpoint has the weights
-            network = build_network(cfg.model.net, backbone, info)
+            net_cfg = OmegaConf.to_container(cfg.model.net, resolve=True)
+            if net_cfg.get("clinic_backbone"):
+                net_cfg["clinic_backbone"]["pretrained"] = False
+            network = build_network(net_cfg, backbone, info)
             module = MultiTaskModule(
                 network, info, branch_weights=OmegaConf.to_container(cfg.model.branch_weights, resolve=True),
                 report=cfg.model.report, optim=cfg.optim.optimizer, scheduler=cfg.optim.scheduler,

@@ -24,8 +24,9 @@ def shared(*parts: str) -> Path:
     return path
 
 
-def compose_cfg(overrides: list[str], out: Path, with_hydra: bool = False):
-    """The config ``python train.py OVERRIDES`` would run (``with_hydra``: including the hydra node)."""
+def compose_cfg(overrides: list[str], out: Path, with_hydra: bool = False, config_name: str = "train"):
+    """The config ``python train.py OVERRIDES`` would run (``with_hydra``: including the hydra node;
+    ``config_name="fusionm4net"``: that of ``python fusionm4net.py``)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -33,7 +34,7 @@ def compose_cfg(overrides: list[str], out: Path, with_hydra: bool = False):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=[*overrides, f"paths.root_dir={REPO}", f"paths.output_dir={out}",
+        return compose(config_name, overrides=[*overrides, f"paths.root_dir={REPO}", f"paths.output_dir={out}",
                                            f"paths.cache_dir={out}/cache"], return_hydra_config=with_hydra)
 
 

@@ -45,7 +45,8 @@ def _identity(cfg: DictConfig) -> dict:
     return {"dataset": cfg.data.dataset, "model": cfg.model.name, "method": cfg.model.method,
             "backbone": cfg.backbone.name if cfg.model.net.arch != "meta_only" else "none",
             "fold": None if cfg.data.dataset == "derm7pt" else int(cfg.data.fold), "seed": int(cfg.seed),
-            "experiment": cfg.get("group"), "reported": cfg.model.report}
+            "experiment": cfg.get("group"), "reported": cfg.model.report,
+            **({"role": cfg.role} if cfg.get("role") else {})}   # e.g. FusionM4Net's stage-1 sub model
 
 
 def _tags(ident: dict, extra) -> list[str]:
@@ -113,7 +114,8 @@ def build_module(cfg: DictConfig, dm):
     network = build_network(cfg.model.net, cfg.backbone, dm.info)
     module = MultiTaskModule(
         network, dm.info, branch_weights=OmegaConf.to_container(cfg.model.branch_weights, resolve=True),
-        report=cfg.model.report, optim=cfg.optim.optimizer, scheduler=cfg.optim.scheduler,
+        report=cfg.model.report, monitor=cfg.model.get("monitor"), optim=cfg.optim.optimizer,
+        scheduler=cfg.optim.scheduler,
         class_counts=dm.class_counts() if cfg.class_weighted else None, tta=cfg.tta,
         save_features=cfg.save_features, normalize=dm.normalize)
     module.case_ids = dm.table.case_ids
@@ -157,10 +159,10 @@ def run(cfg: DictConfig, out: Path, state: dict | None = None) -> dict:
                      "params": params, "branches": list(network.branches),
                      "tasks": {t.name: list(t.classes) for t in dm.info.tasks}}
     (out / "predictions").mkdir(exist_ok=True)
-    for part in ("val", "test"):
+    for part in ("val", "test", "holdout"):
         if not dm.has_partition(part):
             continue
-        loader = dm.val_dataloader() if part == "val" else dm.test_dataloader()
+        loader = dm.eval_dataloader(part)
         trainer.test(module, dataloaders=loader, ckpt_path=ckpt_path, verbose=False)
         if trainer.global_rank != 0:
             continue

@@ -87,7 +87,8 @@ class SkinLesionDataModule(L.LightningDataModule):
                  scale_numeric: bool = False, split: str = "stratified", split_seed: int | None = None,
                  image_dir: str = "ISIC_2019_Training_Input", missing_images: str = "error",
                  augment: dict | None = None, normalize: str = "imagenet", cache: dict | None = None,
-                 pin_memory: bool = True, persistent_workers: bool = True, progress: bool = True):
+                 pin_memory: bool = True, persistent_workers: bool = True, progress: bool = True,
+                 hold_out: str | None = None):
         super().__init__()
         if dataset not in DATASETS:
             raise ConfigError(f"data.dataset={dataset!r}: expected one of {sorted(DATASETS)}")
@@ -107,6 +108,10 @@ class SkinLesionDataModule(L.LightningDataModule):
         self.meta_variant = None if meta in (None, "none") else meta
         self.meta_clean, self.meta_fields, self.scale_numeric = meta_clean, meta_fields, scale_numeric
         self.split, self.split_seed, self.image_dir = split, split_seed, image_dir
+        if hold_out is not None and (dataset != "derm7pt" or hold_out not in derm7pt.HOLD_OUT):
+            raise ConfigError(f"data.hold_out={hold_out!r}: expected null, or 'second_half' with derm7pt (the second "
+                              "half of train_indexes.csv, in file order, held out of training and predicted)")
+        self.hold_out = hold_out
         if normalize not in ("imagenet", "raw_bgr"):
             raise ConfigError(f"data.normalize={normalize!r}: expected 'imagenet' or 'raw_bgr'")
         self.missing_images, self.normalize = missing_images, normalize   # applied on the device by the module
@@ -167,6 +172,8 @@ class SkinLesionDataModule(L.LightningDataModule):
             log.warning("%s: %s", self.dataset, note)
         if self.dataset == "derm7pt":
             partition = derm7pt.partition(table, root)
+            if self.hold_out == "second_half":
+                partition = derm7pt.hold_out_second_half(partition, root)
             fold_col = np.full(len(table), -1)
         else:
             kwargs = {"split": self.split} | ({"seed": self.split_seed} if self.split_seed is not None else {})
@@ -185,7 +192,7 @@ class SkinLesionDataModule(L.LightningDataModule):
             self._fit_meta()
             self._check_images()
             cached = self._build_cache()
-            self.datasets = {part: self._make(part, cached) for part in ("train", "val", "test")
+            self.datasets = {part: self._make(part, cached) for part in ("train", "val", "test", "holdout")
                              if (partition == part).any()}
         except BaseException:
             self.table = None   # a failed setup leaves nothing that a second call would mistake for done
@@ -290,6 +297,10 @@ class SkinLesionDataModule(L.LightningDataModule):
 
     def test_dataloader(self):
         return self._loader("test", False)
+
+    def eval_dataloader(self, part: str) -> DataLoader:
+        """An evaluation loader (no augmentation, no shuffling) for any partition: val, test or holdout."""
+        return self._loader(part, False)
 
     def has_partition(self, part: str) -> bool:
         return part in self.datasets

@@ -56,3 +56,17 @@ def partition(table: CaseTable, root: Path) -> np.ndarray:
         return derm7pt_partition(len(table), idx["train"], idx["val"], idx["test"], source=str(root / "meta"))
     except ValueError as e:   # an index out of range, repeated, or in two files: the files are at fault
         raise DataError(str(e)) from None
+
+
+HOLD_OUT = ("second_half",)
+
+
+def hold_out_second_half(part: np.ndarray, root: Path) -> np.ndarray:
+    """FusionM4Net's sub-model split: the training rows of ``train_indexes.csv`` in file order; the first half
+    (206 of 413) stay ``train`` and the rest (207) become ``holdout``, predicted for the second stage. File order,
+    not a stratified draw, so the split is the same for every seed."""
+    f = root / "meta" / INDEX_FILES["train"]
+    rows = pd.to_numeric(read_csv(f, ["indexes"], "derm7pt split index")["indexes"]).to_numpy(dtype=np.int64)
+    out = part.astype(object)   # a fixed-width string array would truncate the new label
+    out[rows[len(rows) // 2:]] = "holdout"
+    return out

@@ -208,6 +208,8 @@ def collect_jobs(dirs: Sequence[str | Path]) -> tuple[list[Job], list[str]]:
             jobs.setdefault(ov.parent.parent.resolve(), None)
         roots += [m.parent.resolve() for m in d.rglob("multirun.yaml")]
     loaded = {p: _load_job(p) for p in sorted(jobs)}
+    # A stage-1 sub model only feeds FusionM4Net's second stage; it is not a result of its own.
+    loaded = {p: j for p, j in loaded.items() if (j.info or {}).get("role") != "stage1-sub"}
     extra: list[Job] = []
     for root in sorted(set(roots)):
         members = [j for p, j in loaded.items() if root in p.parents]
@@ -246,6 +248,9 @@ def run_outputs(job: Job, pred_branches: Sequence[str]) -> list[tuple[str, objec
     if JIF_BRANCHES <= set(branches) and len(branches) == 3:
         all_space = "all_logits" if info.get("reported") == "all_logits" else "all"   # the run chose the logit reading of JIF(All)
         out = [(f"{method}(OFB)", "fusion"), (f"{method}(All)", all_space)]
+    elif info.get("role") == "stage1-main" and set(branches) == {"derm", "clinic", "fusion"}:
+        # FusionM4Net's stage-1 network: its three branch outputs (P_derm, P_clin, P_fusion)
+        out = [(f"{method}(P_derm)", "derm"), (f"{method}(P_clin)", "clinic"), (f"{method}(P_fusion)", "fusion")]
     elif set(branches) == {"p1", "p2", "p3"}:   # FusionM4Net stage 2: both fusion schemes and their mix
         clf = info.get("classifier")
         tag = f"[{clf}]" if clf and clf != "svm" else ""

@@ -2,7 +2,8 @@
 
     python -m skinlesion.fusionm4net.stage2 MAIN_RUN SUB_RUN [--out DIR] [--classifier svm|logreg|mlp]
 
-Inputs are two run directories of the two-image network (branches ``derm``, ``clinic``, ``fusion``) on derm7pt:
+Inputs are two run directories of the two-image network (branches ``derm``, ``clinic``, ``fusion``) on derm7pt,
+or of a one-image network (one branch, taken as P1 unchanged: the two-stage C-M / D-M baselines):
 
 * MAIN, trained on every training case: ``run.json`` (status ``completed``), ``config.yaml`` (its ``data.root``
   locates ``meta/meta.csv`` and the index files), ``predictions/val.parquet`` and ``predictions/test.parquet``
@@ -119,16 +120,16 @@ def _check_frame(df: pd.DataFrame, path: Path) -> dict[str, list[str]]:
         have = P.branches(df)
     except ValueError as e:
         raise DataError(f"{path}: {e}") from None
-    missing = [b for b in SCHEME1_BRANCHES if b not in have]
-    if missing:
-        raise DataError(f"{path}: no {missing} branch(es) (has {have}); stage 2 fuses the derm, clinic and fusion "
-                        f"outputs of the two-image network")
-    classes = P.task_classes(df, SCHEME1_BRANCHES[0])
-    for b in SCHEME1_BRANCHES[1:]:
+    try:
+        names = stage1_branches(have)
+    except ValueError as e:
+        raise DataError(f"{path}: {e}") from None
+    classes = P.task_classes(df, names[0])
+    for b in names[1:]:
         other = P.task_classes(df, b)
         if other != classes:
             raise DataError(f"{path}: branch {b!r} has tasks/classes {other}, branch "
-                            f"{SCHEME1_BRANCHES[0]!r} has {classes}")
+                            f"{names[0]!r} has {classes}")
     for t, cls in classes.items():
         col = P.TARGET_PREFIX + t
         if col not in df.columns:
@@ -139,7 +140,7 @@ def _check_frame(df: pd.DataFrame, path: Path) -> dict[str, list[str]]:
             i = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(f"{path}, row {i} (case_id {df['case_id'].iloc[i]!r}), column '{col}': expected a "
                             f"class code 0..{len(cls) - 1}, got {df[col].iloc[i]!r}")
-    for b in SCHEME1_BRANCHES:
+    for b in names:
         for t, cls in classes.items():
             for c in cls:
                 col = f"{P.PROB_PREFIX}{b}/{t}/{c}"
@@ -150,6 +151,17 @@ def _check_frame(df: pd.DataFrame, path: Path) -> dict[str, list[str]]:
                     raise DataError(f"{path}, row {i} (case_id {df['case_id'].iloc[i]!r}), column '{col}': "
                                     f"expected a probability, got {df[col].iloc[i]!r}")
     return classes
+
+
+def stage1_branches(have: Sequence[str]) -> tuple[str, ...]:
+    """The stage-1 outputs stage 2 reads: (derm, clinic, fusion) of a two-image network, fused by Fusion Scheme
+    1; or the single output of a one-image network (the two-stage C-M / D-M baselines), taken as P1 unchanged."""
+    if all(b in have for b in SCHEME1_BRANCHES):
+        return SCHEME1_BRANCHES
+    if len(have) == 1:
+        return tuple(have)
+    raise ValueError(f"branches {list(have)}: stage 2 reads the derm, clinic and fusion outputs of a two-image "
+                     "network, or the single output of a one-image network")
 
 
 _DESCRIBE = {"val": "the validation predictions", "test": "the test predictions",
@@ -340,7 +352,7 @@ def _avg_acc(m: Mapping) -> float:
 
 def run_stage2(main_dir: str | Path, sub_dir: str | Path, out_dir: str | Path | None = None,
                classifier: str | Mapping = "svm", seed: int | None = None, grid_n: int = 50,
-               data_root: str | Path | None = None) -> dict:
+               data_root: str | Path | None = None, method: str = "FusionM4Net") -> dict:
     """Stage 2 on two finished stage-1 runs; writes a run directory (default ``MAIN/../stage2``).
 
     ``seed`` (default: MAIN's seed) seeds the classifier and is the run's recorded seed; ``data_root`` replaces
@@ -397,9 +409,14 @@ def run_stage2(main_dir: str | Path, sub_dir: str | Path, out_dir: str | Path | 
     y = {s: P.targets(df) for s, df in frames.items()}
 
     # Fusion Scheme 1: weights on MAIN's validation predictions, applied to every split (SUB's held-out cases too)
-    stage1 = {s: [P.branch_probs(df, b) for b in SCHEME1_BRANCHES] for s, df in frames.items()}
-    s1 = search_simplex(stage1["val"], y["val"], grid_n)
-    p1 = {s: fuse(preds, s1.weights) for s, preds in stage1.items()}
+    names = stage1_branches(P.branches(frames["val"]))
+    stage1 = {s: [P.branch_probs(df, b) for b in names] for s, df in frames.items()}
+    if len(names) == 1:   # a one-image network: its output is P1
+        s1 = None
+        p1 = {s: preds[0] for s, preds in stage1.items()}
+    else:
+        s1 = search_simplex(stage1["val"], y["val"], grid_n)
+        p1 = {s: fuse(preds, s1.weights) for s, preds in stage1.items()}
 
     # Fusion Scheme 2: fitted on the held-out cases only, applied to validation and test
     x = {s: scheme2_features(p1[s], meta[s], tasks) for s in frames}
@@ -422,9 +439,10 @@ def run_stage2(main_dir: str | Path, sub_dir: str | Path, out_dir: str | Path | 
         metrics[s] = {b: evaluate_predictions(df, b, DATASET) for b in OUTPUT_BRANCHES}
     held = P.to_frame(ids[HOLDOUT], y[HOLDOUT], {"p1": p1[HOLDOUT]}, classes)
     metrics[HOLDOUT] = {"p1": evaluate_predictions(held, "p1", DATASET)}
-    weights = dict(zip(SCHEME1_BRANCHES, s1.weights))
-    metrics["fusion_scheme1"] = {"branches": list(SCHEME1_BRANCHES), "weights": weights, "grid_n": grid_n,
-                                 "score": s1.score, "index": s1.index, "n_candidates": s1.n_candidates}
+    weights = dict(zip(names, s1.weights)) if s1 is not None else {names[0]: 1.0}
+    metrics["fusion_scheme1"] = {"branches": list(names), "weights": weights, "grid_n": grid_n if s1 else None,
+                                 "score": s1.score if s1 else None, "index": s1.index if s1 else None,
+                                 "n_candidates": s1.n_candidates if s1 else 1}
     metrics["fusion_scheme2"] = {"classifier": name, "estimator": repr(estimator), "w": w, "n_steps": W_STEPS,
                                  "score": s2.score, "index": s2.index, "tasks": per_task}
 
@@ -439,11 +457,11 @@ def run_stage2(main_dir: str | Path, sub_dir: str | Path, out_dir: str | Path | 
         "metadata": META_VARIANT,
         "sub_model_split": {"file": TRAIN_INDEX_FILE, "order": "file order",
                             "sub_train_rows": n_train - len(holdout_rows), "holdout_rows": len(holdout_rows)},
-        "fusion_scheme1": {"branches": list(SCHEME1_BRANCHES), "grid": {"low": 0.05, "high": 1.0, "n": grid_n}},
+        "fusion_scheme1": {"branches": list(names), "grid": {"low": 0.05, "high": 1.0, "n": grid_n}},
         "fusion_scheme2": {"classifier": {"name": name, "spec": spec, "estimator": repr(estimator)},
                            "features": feature_names, "w_grid": {"low": 0.0, "high": 1.0, "n": W_STEPS}},
     }
-    record = {"status": "running", "error": None, "dataset": DATASET, "model": "fusionm4net", "method": "FusionM4Net",
+    record = {"status": "running", "error": None, "dataset": DATASET, "model": "fusionm4net", "method": method,
               "backbone": main_info.get("backbone"), "fold": None, "seed": seed,
               "experiment": main_info.get("experiment"), "reported": "p3", "main_metric": "avg_acc",
               "branches": list(OUTPUT_BRANCHES), "tasks": classes, "params": main_info.get("params"),
@@ -478,6 +496,20 @@ def _write(out: Path, record: dict, frames: Mapping[str, pd.DataFrame], fit_fram
 
 # ----------------------------------------------------------------------------------------------- CLI
 
+def summary(res: Mapping) -> str:
+    """The weights, w and the P1/P2/P3 AVG ACC table of a stage-2 result, as printed by the CLIs."""
+    s2 = res["metrics"]["fusion_scheme2"]
+    lines = ["Fusion Scheme 1 weights: " + ", ".join(f"{b}={v:.4f}" for b, v in res["weights"].items())]
+    lines.append(f"Fusion Scheme 2: {res['estimator']} per task, w = {res['w']:.4f} (P3 = w*P1 + (1-w)*P2)")
+    unconverged = [t for t, i in s2["tasks"].items() if i.get("converged") is False]
+    if unconverged:
+        lines.append(f"note: the classifier did not converge for task(s) {unconverged}")
+    lines.append(f"{'AVG ACC (%)':<12}{'val':>8}{'test':>8}")
+    for b in OUTPUT_BRANCHES:
+        lines.append(f"{b.upper():<12}{100 * res['avg_acc']['val'][b]:>8.2f}{100 * res['avg_acc']['test'][b]:>8.2f}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m skinlesion.fusionm4net.stage2",
                                  description="FusionM4Net stage 2 (Fusion Schemes 1 and 2) on two finished stage-1 "
@@ -498,15 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SkinLesionError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    s2 = res["metrics"]["fusion_scheme2"]
-    print("Fusion Scheme 1 weights: " + ", ".join(f"{b}={v:.4f}" for b, v in res["weights"].items()))
-    print(f"Fusion Scheme 2: {res['estimator']} per task, w = {res['w']:.4f} (P3 = w*P1 + (1-w)*P2)")
-    unconverged = [t for t, i in s2["tasks"].items() if i.get("converged") is False]
-    if unconverged:
-        print(f"note: the classifier did not converge for task(s) {unconverged}")
-    print(f"{'AVG ACC (%)':<12}{'val':>8}{'test':>8}")
-    for b in OUTPUT_BRANCHES:
-        print(f"{b.upper():<12}{100 * res['avg_acc']['val'][b]:>8.2f}{100 * res['avg_acc']['test'][b]:>8.2f}")
+    print(summary(res))
     print(f"wrote {res['out_dir']}")
     return 0
 

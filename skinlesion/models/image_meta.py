@@ -40,7 +40,8 @@ class _ImageMetaNetwork(Network):
         super().check_data(cfg, info)
 
     def __init__(self, info: DataInfo, backbone: dict, fusion: str = "mmfa", fusion_options: dict | None = None,
-                 meta_encoder: dict | None = None, meta_input: str = "encoded", image_key: str | None = None):
+                 meta_encoder: dict | None = None, meta_input: str = "encoded", image_key: str | None = None,
+                 head: dict | None = None):
         super().__init__()
         # Repeated here so that direct construction (bypassing build_network) fails just as clearly.
         self.check_data({"image_key": image_key, "meta_input": meta_input}, info)
@@ -61,8 +62,9 @@ class _ImageMetaNetwork(Network):
 
         widths = {"image": img_dim, "meta": self.encoder.out_features if self.encoder else 0,
                   "fusion": self.fusion.out_dim}
-        # C_I, C_M, C_IM are single Linear layers, as in the thesis.
-        self.heads = nn.ModuleDict({b: MultiTaskHead(widths[b], info.tasks, kind="linear") for b in self.branches})
+        # C_I, C_M, C_IM are single Linear layers in chapter 4; chapter 6's one-stage baselines use the MLP head.
+        head = {"kind": "linear", **(head or {})}
+        self.heads = nn.ModuleDict({b: MultiTaskHead(widths[b], info.tasks, **head) for b in self.branches})
 
     def forward(self, batch):
         f_img = self.backbone(batch["images"][self.image_key])

@@ -14,7 +14,10 @@ One class covers the chapter's structures, chosen by configuration:
 - ``block``: none (CAT), aab, bab, sca or self (see :mod:`skinlesion.models.spatial_attention`);
 - ``fusion_input``: concat ([f_C; f_D], default), derm_only (f_D alone: the reading under which the thesis's
   AAB parameter counts come out exactly) or sum (f_C + f_D, FusionNet);
-- ``shared_classifier``: one head serves both single-image branches.
+- ``shared_classifier``: one head serves both single-image branches;
+- ``heads``: all three heads (default) or ``fusion`` alone (the one-stage baselines of chapter 6);
+- ``meta_fusion``: also fuse the raw metadata vector into the fused image feature with a chapter-4 fusion module
+  (``cat`` with ``reducer: 0`` = concatenation, ``metablock``, ``metanet``; options in ``meta_fusion_options``).
 
 Branches are (derm, clinic, fusion), the order every weight search uses.
 """
@@ -28,6 +31,7 @@ from skinlesion.errors import ConfigError
 from skinlesion.models import register_model
 from skinlesion.models.backbones import Backbone
 from skinlesion.models.base import Network
+from skinlesion.models.fusion import build_fusion
 from skinlesion.models.heads import MultiTaskHead
 from skinlesion.models.spatial_attention import BLOCK_REGISTRY
 from skinlesion.models.stagewise import StageRunner
@@ -45,6 +49,10 @@ class TwoImageNetwork(Network):
         return ("derm", "clinic")
 
     @classmethod
+    def uses_meta(cls, cfg):
+        return cfg.get("meta_fusion") is not None
+
+    @classmethod
     def check_data(cls, cfg, info):
         block, fusion_input = cfg.get("block", "none"), cfg.get("fusion_input", "concat")
         if block not in BLOCKS:
@@ -54,6 +62,8 @@ class TwoImageNetwork(Network):
         stages = list(cfg.get("block_stages", (1, 2, 3, 4)))
         if any(s not in (1, 2, 3, 4) for s in stages):
             raise ConfigError(f"model.net.block_stages={stages}: stages are numbered 1..4")
+        if cfg.get("heads", "all") not in ("all", "fusion"):
+            raise ConfigError(f"model.net.heads={cfg.get('heads')!r}: expected 'all' or 'fusion'")
         if cfg.get("shared_encoder") and cfg.get("clinic_backbone"):
             raise ConfigError("model.net.shared_encoder=true runs one encoder for both images; "
                               "a separate clinic_backbone contradicts it")
@@ -62,10 +72,14 @@ class TwoImageNetwork(Network):
     def __init__(self, info: DataInfo, backbone: dict, clinic_backbone: dict | None = None,
                  shared_encoder: bool = False, block: str = "none", block_stages=(1, 2, 3, 4),
                  block_options: dict | None = None, fusion_input: str = "concat", shared_classifier: bool = False,
-                 head: dict | None = None):
+                 head: dict | None = None, heads: str = "all", meta_fusion: str | None = None,
+                 meta_fusion_options: dict | None = None):
         super().__init__()
         self.check_data({"block": block, "fusion_input": fusion_input, "block_stages": block_stages,
-                         "shared_encoder": shared_encoder, "clinic_backbone": clinic_backbone}, info)
+                         "shared_encoder": shared_encoder, "clinic_backbone": clinic_backbone, "heads": heads,
+                         "meta_fusion": meta_fusion}, info)
+        if heads == "fusion":
+            self.branches = ("fusion",)
         self.shared_encoder, self.fusion_input = shared_encoder, fusion_input
         self.derm_encoder = Backbone(**backbone)
         if shared_encoder:
@@ -89,11 +103,20 @@ class TwoImageNetwork(Network):
             raise ConfigError(f"model.net.shared_classifier=true needs equal feature widths; clinical {f_c}, "
                               f"dermoscopy {f_d}")
         fused = {"concat": f_c + f_d, "derm_only": f_d, "sum": f_d}[fusion_input]
+        self.meta_fusion = None
+        if meta_fusion is not None:
+            try:
+                self.meta_fusion = build_fusion(meta_fusion, fused, info.meta_dim, **(meta_fusion_options or {}))
+            except ValueError as e:
+                raise ConfigError(f"model.net.meta_fusion={meta_fusion!r}: {e}") from None
+            fused = self.meta_fusion.out_dim
         head = {"kind": "mlp", **(head or {})}
-        self.heads = nn.ModuleDict({"derm": MultiTaskHead(f_d, info.tasks, **head),
-                                    "fusion": MultiTaskHead(fused, info.tasks, **head)})
-        # A shared classifier is the derm head used for both images (registered once).
-        self.clinic_head = None if shared_classifier else MultiTaskHead(f_c, info.tasks, **head)
+        self.heads = nn.ModuleDict({"fusion": MultiTaskHead(fused, info.tasks, **head)})
+        self.clinic_head = None
+        if heads == "all":
+            self.heads["derm"] = MultiTaskHead(f_d, info.tasks, **head)
+            # A shared classifier is the derm head used for both images (registered once).
+            self.clinic_head = None if shared_classifier else MultiTaskHead(f_c, info.tasks, **head)
 
     def _encoder(self, modality: str) -> Backbone:
         return self.derm_encoder if modality == "derm" or self.clinic_encoder is None else self.clinic_encoder
@@ -125,6 +148,10 @@ class TwoImageNetwork(Network):
         f_c, f_d = self.encode(batch["images"]["clinic"], batch["images"]["derm"])
         fused = {"concat": lambda: torch.cat([f_c, f_d], 1), "derm_only": lambda: f_d,
                  "sum": lambda: f_c + f_d}[self.fusion_input]()
-        clinic_head = self.clinic_head if self.clinic_head is not None else self.heads["derm"]
-        logits = {"derm": self.heads["derm"](f_d), "clinic": clinic_head(f_c), "fusion": self.heads["fusion"](fused)}
+        if self.meta_fusion is not None:
+            fused = self.meta_fusion(fused, batch["meta"])
+        logits = {"fusion": self.heads["fusion"](fused)}
+        if "derm" in self.heads:
+            clinic_head = self.clinic_head if self.clinic_head is not None else self.heads["derm"]
+            logits = {"derm": self.heads["derm"](f_d), "clinic": clinic_head(f_c), **logits}
         return {"logits": logits, "features": fused}

@@ -1,0 +1,36 @@
+"""The ``python fusionm4net.py`` entry point (Hydra): one seed from nothing to P1/P2/P3, resumable."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+import skinlesion.config  # noqa: F401  (registers the config resolvers and generated presets)
+from skinlesion.errors import SkinLesionError
+
+log = logging.getLogger("skinlesion")
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="fusionm4net")
+def main(cfg: DictConfig) -> float | None:
+    from skinlesion.config import validate_config
+    from skinlesion.fusionm4net.pipeline import run_pipeline
+
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        validate_config(cfg)
+        result = run_pipeline(cfg)
+    except SkinLesionError as e:
+        log.error("%s", e)
+        if multirun:   # this seed stops; the other jobs of the sweep go on
+            return None
+        raise SystemExit(f"error: {e}") from None
+    from skinlesion.fusionm4net.stage2 import summary
+
+    print(summary(result), flush=True)
+    return result["avg_acc"]["val"]["p3"]

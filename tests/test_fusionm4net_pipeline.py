@@ -1,0 +1,90 @@
+"""FusionM4Net end to end for one seed on generated derm7pt data: both stage-1 trainings, stage 2, resume."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from skinlesion.data import derm7pt
+from skinlesion.errors import SkinLesionError
+from skinlesion.fusionm4net.pipeline import run_pipeline
+from skinlesion.testing import TINY, compose_cfg
+
+FAST = [*TINY, "trainer.limit_train_batches=2", "stage2.grid_n=10"]
+
+
+def _cfg(root, out, *extra):
+    return compose_cfg([f"data.root={root}", *FAST, *extra], out, config_name="fusionm4net")
+
+
+@pytest.fixture(scope="module")
+def pipeline(derm7pt_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fm4")
+    result = run_pipeline(_cfg(derm7pt_root, out))
+    return out, result
+
+
+def test_presets_are_fusionnet_and_the_chapter6_recipe(derm7pt_root, tmp_path):
+    cfg = compose_cfg(["data=derm7pt", "model=fusionnet"], tmp_path)
+    assert cfg.model.net.fusion_input == "sum" and cfg.model.monitor == "branch_mean"
+    assert cfg.backbone.name.startswith("resnet50") and cfg.data.batch_size == 32
+    assert cfg.trainer.max_epochs == 250 and cfg.optim.optimizer.lr == 3e-5
+    assert cfg.callbacks.get("early_stopping") is None and cfg.callbacks.get("swa") is None   # no SWA in ch. 6
+
+
+def test_sub_model_trains_on_the_first_half_of_the_index_file(pipeline, derm7pt_root):
+    out, _ = pipeline
+    folds = pd.read_csv(out / "stage1" / "sub" / "folds.csv")
+    rows = pd.read_csv(derm7pt_root / "meta" / "train_indexes.csv")["indexes"].to_numpy()
+    table = derm7pt.read(derm7pt_root)
+    first, rest = rows[: len(rows) // 2], rows[len(rows) // 2:]
+    by_id = folds.set_index("case_id")["partition"]
+    assert all(by_id[int(table.case_ids[r])] == "train" for r in first)
+    assert all(by_id[int(table.case_ids[r])] == "holdout" for r in rest)
+    holdout = pd.read_parquet(out / "stage1" / "sub" / "predictions" / "holdout.parquet")
+    assert sorted(holdout["case_id"].astype(str)) == sorted(table.case_ids[rest])
+    main_folds = pd.read_csv(out / "stage1" / "main" / "folds.csv")
+    assert (main_folds["partition"] == "train").sum() == len(rows)          # the main model trains on all
+
+
+def test_classifier_is_fitted_on_the_holdout_cases_only(pipeline):
+    out, _ = pipeline
+    fitted = pd.read_parquet(out / "classifier" / "train_features.parquet")
+    holdout = pd.read_parquet(out / "stage1" / "sub" / "predictions" / "holdout.parquet")
+    val = pd.read_parquet(out / "predictions" / "val.parquet")
+    test = pd.read_parquet(out / "predictions" / "test.parquet")
+    ids = set(fitted["case_id"].astype(str))
+    assert ids == set(holdout["case_id"].astype(str))
+    assert not ids & (set(val["case_id"].astype(str)) | set(test["case_id"].astype(str)))
+
+
+def test_p1_p2_p3_are_saved_scored_and_reported(pipeline):
+    out, result = pipeline
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "completed" and record["branches"] == ["p1", "p2", "p3"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    test = pd.read_parquet(out / "predictions" / "test.parquet")
+    for b in ("p1", "p2", "p3"):
+        accs = [(test[[c for c in test.columns if c.startswith(f"prob/{b}/{t}/")]].to_numpy().argmax(1)
+                 == test[f"target/{t}"].to_numpy()).mean() for t in [t.name for t in derm7pt.TASKS]]
+        assert metrics["test"][b]["avg_acc"] == pytest.approx(sum(accs) / len(accs))
+    assert result["avg_acc"]["test"]["p3"] == pytest.approx(metrics["test"]["p3"]["avg_acc"])
+    sub = json.loads((out / "stage1" / "sub" / "run.json").read_text())
+    assert sub["role"] == "stage1-sub"        # an input of stage 2, not a result the report lists
+
+
+def test_rerun_skips_finished_stage1_runs(pipeline, derm7pt_root):
+    out, _ = pipeline
+    ckpts = {p: p.stat().st_mtime_ns for p in (out / "stage1").rglob("*.ckpt")}
+    (out / "stage1" / "sub" / "predictions" / "holdout.parquet").unlink()   # the sub run is now unfinished
+    run_pipeline(_cfg(derm7pt_root, out))
+    main_after = {p: p.stat().st_mtime_ns for p in (out / "stage1" / "main").rglob("*.ckpt")}
+    assert main_after == {p: t for p, t in ckpts.items() if "main" in p.parts}   # main untouched
+    assert (out / "stage1" / "sub" / "predictions" / "holdout.parquet").is_file()  # sub redone
+
+
+def test_a_failed_stage1_run_stops_the_seed_in_words(derm7pt_root, tmp_path):
+    with pytest.raises(SkinLesionError, match=r"stage 1 main run failed .*loss diverged"):
+        run_pipeline(_cfg(derm7pt_root, tmp_path, "optim.optimizer.lr=1e30"))
+    assert not (tmp_path / "run.json").exists() and not (tmp_path / "stage1" / "sub").exists()
