@@ -40,7 +40,8 @@ class MultiTaskModule(L.LightningModule):
                  monitor: str | None = None):
         super().__init__()
         self.network, self.info = network, info
-        unknown = set(branch_weights) - set(network.branches)
+        # A zero weight for a branch the network lacks is ignored (presets switch a branch's loss off that way).
+        unknown = {b for b, w in branch_weights.items() if float(w) != 0.0} - set(network.branches)
         if unknown:
             raise ConfigError(f"model.branch_weights names {sorted(unknown)}, but the network has branches "
                               f"{list(network.branches)}")

@@ -150,6 +150,9 @@ def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[s
             items += _confusion_and_tsne(jobs, prec, details, ds, mm, primary, fdir, tsne)
         sections.append((f"{TB.DATASET_NAME.get(ds, ds)} — main metric {METRIC_LABEL.get(mm, mm)}", items))
 
+    weights = TB.searched_weights_table(jobs)
+    if weights is not None:
+        sections.append(("FusionM4Net weights", [weights]))
     params = TB.params_table(jobs)
     sections.append(("Parameters", [params]))
     ptable = TB.problems_table(problems)

@@ -88,3 +88,22 @@ def test_a_failed_stage1_run_stops_the_seed_in_words(derm7pt_root, tmp_path):
     with pytest.raises(SkinLesionError, match=r"stage 1 main run failed .*loss diverged"):
         run_pipeline(_cfg(derm7pt_root, tmp_path, "optim.optimizer.lr=1e30"))
     assert not (tmp_path / "run.json").exists() and not (tmp_path / "stage1" / "sub").exists()
+
+
+def test_report_shows_the_stage_outputs_and_the_searched_weights(pipeline, tmp_path):
+    from skinlesion.report import main as report_main
+
+    out, result = pipeline
+    assert report_main([str(out), "--out", str(tmp_path / "rep"), "--format", "csv", "--no-figures"]) == 0
+    runs = pd.read_csv(tmp_path / "rep" / "runs.csv")
+    methods = set(runs[runs["split"] == "test"]["method"])
+    assert {"FusionM4Net(P1)", "FusionM4Net(P2)", "FusionM4Net(P3)", "FusionNet(P_derm)", "FusionNet(P_clin)",
+            "FusionNet(P_fusion)"} <= methods
+    assert not any("sub" in str(r) for r in runs["run"])             # the sub model is an input, not a result
+    weights = pd.read_csv(tmp_path / "rep" / "tables" / "fusionm4net_weights.csv", dtype=str)
+    row = weights.iloc[0]
+    assert row["W_clin"].startswith(f"{100 * result['weights']['clinic']:.1f}")
+    assert row["W_1"].startswith(f"{100 * result['w']:.1f}") and "[T6.6: 73.5 ± 6.4" in row["W_1"]
+    tasks = pd.read_csv(tmp_path / "rep" / "tables" / "derm7pt_test_avg_acc_task_acc.csv", dtype=str)
+    p3 = tasks[tasks["Method"] == "FusionM4Net(P3)"].iloc[0]
+    assert "[T6.4: 76.3 ± 0.7" in p3["AVG"]                          # the thesis's P3 beside ours

@@ -290,7 +290,7 @@ def test_cli_prints_the_three_outputs(tmp_path, d7, capsys):
 
 
 @pytest.mark.parametrize("case, error, match", [
-    ("no_branch", DataError, r"no \['clinic'\] branch"),
+    ("no_branch", DataError, r"branches \['derm', 'fusion'\]: stage 2 reads the derm, clinic and fusion"),
     ("classes", DataError, "same tasks and classes"),
     ("status", DataError, "status 'running'"),
     ("no_config", DataError, "config.yaml: not found"),

@@ -68,3 +68,17 @@ def test_without_credentials_it_logs_offline_in_the_experiments_group(derm7pt_ro
             assert summary[f"final/test/{combo}/{task}/acc"] == pytest.approx(
                 metrics["test"][combo]["tasks"][task]["acc"])
         assert summary[f"final/test/{combo}/avg_auc"] == pytest.approx(metrics["test"][combo]["avg_auc"])
+
+
+def test_fusionm4net_stage2_logs_its_config_and_p1_p2_p3(derm7pt_root, tmp_path, captured):
+    from skinlesion.fusionm4net.pipeline import run_pipeline
+    from skinlesion.testing import TINY, compose_cfg
+
+    cfg = compose_cfg([f"data.root={derm7pt_root}", *TINY, "logger=wandb", "trainer.limit_train_batches=1",
+                       "stage2.grid_n=5", "cluster=logreg"], tmp_path / "run", config_name="fusionm4net")
+    result = run_pipeline(cfg)
+    assert captured["config"]["cluster"] == "logreg" and captured["group"] == "derm7pt-FusionM4Net"
+    summary = captured["summary"]
+    for b in ("p1", "p2", "p3"):
+        assert summary[f"final/test/{b}/avg_acc"] == pytest.approx(result["avg_acc"]["test"][b])
+    assert summary["fusion_scheme2/w"] == pytest.approx(result["w"])

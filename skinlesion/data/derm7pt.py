@@ -39,19 +39,22 @@ def read(root: Path, **_: object) -> CaseTable:
     return table
 
 
+def index_rows(root: Path, part: str) -> np.ndarray:
+    """The 0-based meta.csv rows listed in the official index file of ``part`` (train, val, test), in file order."""
+    f = root / "meta" / INDEX_FILES[part]
+    df = read_csv(f, ["indexes"], "derm7pt split index")
+    values = pd.to_numeric(df["indexes"], errors="coerce")
+    if values.isna().any():
+        i = int(np.flatnonzero(values.isna().to_numpy())[0])
+        raise DataError(f"{f}, line {i + 2}, column 'indexes': expected a 0-based row number, "
+                        f"got {df['indexes'].iloc[i]!r}")
+    return values.to_numpy(dtype=np.int64)
+
+
 def partition(table: CaseTable, root: Path) -> np.ndarray:
     """'train'/'val'/'test' per row from the official index files (0-based row positions)."""
     from skinlesion.data.splits import derm7pt_partition
-    idx = {}
-    for part, name in INDEX_FILES.items():
-        f = root / "meta" / name
-        df = read_csv(f, ["indexes"], "derm7pt split index")
-        values = pd.to_numeric(df["indexes"], errors="coerce")
-        if values.isna().any():
-            i = int(np.flatnonzero(values.isna().to_numpy())[0])
-            raise DataError(f"{f}, line {i + 2}, column 'indexes': expected a 0-based row number, "
-                            f"got {df['indexes'].iloc[i]!r}")
-        idx[part] = values.to_numpy(dtype=np.int64)
+    idx = {part: index_rows(root, part) for part in INDEX_FILES}
     try:
         return derm7pt_partition(len(table), idx["train"], idx["val"], idx["test"], source=str(root / "meta"))
     except ValueError as e:   # an index out of range, repeated, or in two files: the files are at fault
@@ -61,12 +64,19 @@ def partition(table: CaseTable, root: Path) -> np.ndarray:
 HOLD_OUT = ("second_half",)
 
 
+def sub_model_rows(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """FusionM4Net's sub-model split: (the rows it trains on, the rows it predicts for the second stage) — the
+    first half of ``train_indexes.csv`` in file order (206 of 413) and the rest (207). File order, not a
+    stratified draw, so the split is the same for every seed and every run."""
+    rows = index_rows(Path(root), "train")
+    if len(rows) < 2:
+        raise DataError(f"{Path(root) / 'meta' / INDEX_FILES['train']}: {len(rows)} training row(s); the sub-model "
+                        "split needs at least 2")
+    return rows[: len(rows) // 2], rows[len(rows) // 2:]
+
+
 def hold_out_second_half(part: np.ndarray, root: Path) -> np.ndarray:
-    """FusionM4Net's sub-model split: the training rows of ``train_indexes.csv`` in file order; the first half
-    (206 of 413) stay ``train`` and the rest (207) become ``holdout``, predicted for the second stage. File order,
-    not a stratified draw, so the split is the same for every seed."""
-    f = root / "meta" / INDEX_FILES["train"]
-    rows = pd.to_numeric(read_csv(f, ["indexes"], "derm7pt split index")["indexes"]).to_numpy(dtype=np.int64)
+    """The partition with the sub model's held-out rows (:func:`sub_model_rows`) marked ``holdout``."""
     out = part.astype(object)   # a fixed-width string array would truncate the new label
-    out[rows[len(rows) // 2:]] = "holdout"
+    out[sub_model_rows(root)[1]] = "holdout"
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -345,6 +346,45 @@ def all_categories_table(records, details, split="test", main_metric=None, kind=
                  + ("mean ± sample std over runs" if kind == "mean" else f"best run by {BEST_BY_NAME.get(best_by, best_by)}"),
                  ["Method", "Metric"] + [_cat(t, c) for t, c in cats], rows,
                  ["– = undefined on this split (no positives / never predicted)"] + (["thesis: T6.10"] if tables else []))
+
+
+def searched_weights_table(jobs) -> Table | None:
+    """The weights FusionM4Net's stage 2 searched (Tables 6.5 / 6.6 layout): Fusion Scheme 1's W_clin, W_derm,
+    W_fusion and Fusion Scheme 2's w (= W_1 of P3 = W_1·P1 + W_2·P2), mean ± sample std over runs, in %."""
+    rows_by_method: dict[str, list[dict]] = {}
+    for j in jobs:
+        if not getattr(j, "ok", False) or j.path is None or not (j.path / "metrics.json").is_file():
+            continue
+        try:
+            m = json.loads((j.path / "metrics.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if "fusion_scheme2" not in m:
+            continue
+        w1 = m.get("fusion_scheme1", {}).get("weights", {})
+        rows_by_method.setdefault(str(j.info.get("method")), []).append(
+            {"W_clin": w1.get("clinic"), "W_derm": w1.get("derm"), "W_fusion": w1.get("fusion"),
+             "W_1": m["fusion_scheme2"].get("w")})
+    if not rows_by_method:
+        return None
+    cols = [("W_clin", "table6_5", "P1 (ours)"), ("W_derm", "table6_5", "P1 (ours)"),
+            ("W_fusion", "table6_5", "P1 (ours)"), ("W_1", "table6_6", "P3 (ours)")]
+    rows = []
+    for method, runs in sorted(rows_by_method.items()):
+        row = [method]
+        for col, table, thesis_row in cols:
+            vals = np.array([r[col] for r in runs if r[col] is not None], dtype=float)
+            mean = float(vals.mean()) if len(vals) else None
+            std = float(vals.std(ddof=1)) if len(vals) > 1 else None
+            ref = T.lookup([table], thesis_row, col, "weight")
+            row.append(fmt_stat(mean, std) + fmt_thesis(mean, ref))
+        row.append(str(len(runs)))
+        rows.append(row)
+    return Table("fusionm4net_weights", "FusionM4Net searched weights (%): Fusion Scheme 1 (W_clin, W_derm, W_fusion) "
+                 "and Scheme 2 (W_1 of P3 = W_1·P1 + (1 − W_1)·P2), mean ± sample std over runs",
+                 ["Method", "W_clin", "W_derm", "W_fusion", "W_1", "runs"], rows,
+                 ["Weights searched on validation; the thesis's printed W_clin/W_derm appear swapped relative to "
+                  "its released code's output, so they are no check of the search."])
 
 
 # ------------------------------------------------------------------------------- params and stats

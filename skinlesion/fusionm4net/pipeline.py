@@ -78,5 +78,33 @@ def run_pipeline(cfg: DictConfig) -> dict:
                 pass
             raise StageFailed(f"stage 1 {name} run failed ({run_dir}): {record.get('error') or 'no completed run'}; "
                               "rerun the same command to retry it")
-    return run_stage2(runs["main"][0], runs["sub"][0], out_dir=out, classifier=cfg.cluster, seed=int(cfg.seed),
-                      grid_n=int(cfg.stage2.grid_n), method=str(cfg.stage2.get("method", "FusionM4Net")))
+    result = run_stage2(runs["main"][0], runs["sub"][0], out_dir=out, classifier=cfg.cluster, seed=int(cfg.seed),
+                        grid_n=int(cfg.stage2.grid_n), method=str(cfg.stage2.get("method", "FusionM4Net")))
+    log_wandb(cfg, result)
+    return result
+
+
+def log_wandb(cfg: DictConfig, result: dict) -> None:
+    """With ``logger=wandb``: one W&B run for stage 2 (job type ``fusionm4net``) with the resolved config and the
+    P1/P2/P3 metrics, searched weights and w in its summary, in the same group as the stage-1 runs."""
+    lcfg = (cfg.get("logger") or {}).get("wandb")
+    if not lcfg:
+        return
+    import os
+
+    import wandb
+
+    from skinlesion.train import wandb_summary
+
+    if not (os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").is_file()):
+        os.environ.setdefault("WANDB_MODE", "offline")   # no credentials: log locally, sync later
+    method = str(cfg.stage2.get("method", "FusionM4Net"))
+    metrics = result["metrics"]
+    run = wandb.init(project=lcfg.get("project"), entity=lcfg.get("entity"), job_type="fusionm4net",
+                     group=lcfg.get("group") or f"derm7pt-{method}", name=f"{method}-{cfg.cluster}-s{cfg.seed}",
+                     dir=str(Path(cfg.paths.output_dir)), config=OmegaConf.to_container(cfg, resolve=True),
+                     mode="offline" if lcfg.get("offline") or os.environ.get("WANDB_MODE") == "offline" else None,
+                     reinit="finish_previous")
+    run.summary.update({**wandb_summary(metrics), "fusion_scheme2/w": result["w"],
+                        **{f"fusion_scheme1/{b}": w for b, w in result["weights"].items()}})
+    wandb.finish()   # module-level, like the training runs (one W&B run per job)

@@ -67,30 +67,16 @@ _SPLIT_NAME = {"val": "validation", "test": "test"}
 
 def train_index_rows(root: str | Path) -> np.ndarray:
     """The 0-based meta.csv rows listed in ``meta/train_indexes.csv``, in file order."""
-    from skinlesion.data.table import read_csv
+    from skinlesion.data.derm7pt import index_rows
 
-    path = Path(root) / TRAIN_INDEX_FILE
-    df = read_csv(path, ["indexes"], "derm7pt split index")
-    values = pd.to_numeric(df["indexes"], errors="coerce")
-    if values.isna().any():
-        i = int(np.flatnonzero(values.isna().to_numpy())[0])
-        raise DataError(f"{path}, line {i + 2}, column 'indexes': expected a 0-based row number, "
-                        f"got {df['indexes'].iloc[i]!r}")
-    return values.to_numpy(dtype=np.int64)
+    return index_rows(Path(root), "train")
 
 
 def sub_model_rows(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(rows the sub model trains on, rows it predicts for stage 2): the first half of ``meta/train_indexes.csv``
-    in file order (206 of the official 413 rows) and the rest (207), as 0-based meta.csv row positions.
+    """(rows the sub model trains on, rows it predicts for stage 2); see ``skinlesion.data.derm7pt``."""
+    from skinlesion.data.derm7pt import sub_model_rows as rows
 
-    File order, not a stratified draw, so the split is the same for every seed and every run.
-    """
-    rows = train_index_rows(root)
-    if len(rows) < 2:
-        raise DataError(f"{Path(root) / TRAIN_INDEX_FILE}: {len(rows)} training row(s); the sub-model split needs "
-                        f"at least 2")
-    half = len(rows) // 2
-    return rows[:half], rows[half:]
+    return rows(Path(root))
 
 
 # ------------------------------------------------------------------------------------------- inputs
