@@ -76,9 +76,9 @@ def test_averaged_weights_are_the_mean_of_the_last_states_and_bn_is_recomputed(t
     assert (tmp_path / "swa.ckpt").is_file() and swa.checkpoint_path == str(tmp_path / "swa.ckpt")
 
 
-def test_schedule_is_untouched():
+def test_schedule_is_untouched(tmp_path):
     plain, with_swa = _Record(), _Record()
     _fit([plain])
-    _fit([with_swa, WeightAveraging(last_epochs=3)])
+    _fit([with_swa, WeightAveraging(last_epochs=3, dirpath=str(tmp_path))])
     assert with_swa.lrs == plain.lrs      # the cosine tail runs as without averaging
     assert with_swa.lrs[-1] < with_swa.lrs[0]
