@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from skinlesion.data.derm7pt import sub_model_rows  # noqa: F401  (the split stage 1 uses; re-exported)
 from skinlesion.errors import ConfigError, DataError, SkinLesionError
 from skinlesion.evaluation import predictions as P
 from skinlesion.evaluation.metrics import evaluate_predictions
@@ -61,22 +62,6 @@ CLASSIFIERS: dict[str, dict] = {
 
 _SPLIT_SOURCE = {"val": "meta/valid_indexes.csv", "test": "meta/test_indexes.csv"}
 _SPLIT_NAME = {"val": "validation", "test": "test"}
-
-
-# ---------------------------------------------------------------------------------------- data protocol
-
-def train_index_rows(root: str | Path) -> np.ndarray:
-    """The 0-based meta.csv rows listed in ``meta/train_indexes.csv``, in file order."""
-    from skinlesion.data.derm7pt import index_rows
-
-    return index_rows(Path(root), "train")
-
-
-def sub_model_rows(root: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(rows the sub model trains on, rows it predicts for stage 2); see ``skinlesion.data.derm7pt``."""
-    from skinlesion.data.derm7pt import sub_model_rows as rows
-
-    return rows(Path(root))
 
 
 # ------------------------------------------------------------------------------------------- inputs

@@ -4,7 +4,7 @@ receives (the clinical + dermoscopy fusion blocks refine maps between stages).
 A backbone's feature extractor is run as the flat sequence of modules its ``forward_features`` runs, split at the
 four stage taps of stride 4, 8, 16 and 32 (the last tap of each stride in timm's ``feature_info``):
 
-    stem -> stage 1 -> [refine] -> stage 2 -> [refine] -> stage 3 -> [refine] -> stage 4 -> [refine] -> tail -> pool
+    stem -> stage 1 -> [refine] -> stage 2 -> [refine] -> stage 3 -> [refine] -> stage 4 -> [refine] -> tail + pool
 
 ``tail`` is what ``forward_features`` runs after the last stage (Swin-T's final LayerNorm, ConvNeXt's
 ``norm_pre``, EfficientNet's conv head); ``pool`` is timm's own ``forward_head(..., pre_logits=True)``. With no
@@ -12,8 +12,6 @@ refinement the result equals the backbone's plain forward (tested). Maps are han
 stage outputs are permuted on the way out and back.
 """
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -23,8 +21,6 @@ from skinlesion.errors import ConfigError
 STRIDES = (4, 8, 16, 32)
 # Children of a timm model that belong to its head, not to forward_features.
 _HEAD_CHILDREN = ("global_pool", "head", "fc", "classifier", "head_drop", "flatten")
-
-Refine = Callable[[int, torch.Tensor], torch.Tensor]   # (stage index 0..3, NCHW map) -> NCHW map
 
 
 def stage_taps(model: nn.Module) -> list[tuple[str, int]]:
@@ -61,7 +57,8 @@ def _flatten(model: nn.Module, taps: set[str]) -> list[tuple[str, nn.Module]]:
 
 
 class StageRunner:
-    """Runs ``model`` (a timm model) stem / stage 1..4 / tail / pool, calling ``refine`` after each stage.
+    """Runs ``model`` (a timm model) as stem, stage 1..4 and tail + pool, so a caller can change the map between
+    two stages.
 
     A plain object, not a module: it only refers to the model's layers, which stay registered (and counted,
     moved and saved) once, under the model's owner.
@@ -90,22 +87,8 @@ class StageRunner:
             x = m(x)
         return x
 
-    def __call__(self, x: torch.Tensor, refine: Refine | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Pooled feature and the (refined) NCHW map after each of the four stages."""
-        stem, *stages, tail = self._segments
-        x = self._run(stem, x)
-        maps = []
-        for i, mods in enumerate(stages):
-            x = self._run(mods, x)
-            m = x.permute(0, 3, 1, 2) if self.nhwc else x
-            if refine is not None:
-                m = refine(i, m)
-                x = m.permute(0, 2, 3, 1) if self.nhwc else m
-            maps.append(m)
-        x = self._run(tail, x)
-        return self.model.forward_head(x, pre_logits=True), maps
-
-    def stem(self, x):
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers before the stride-4 stage (channels-last for Swin-T, as stage 0 expects)."""
         return self._run(self._segments[0], x)
 
     def stage(self, i: int, x: torch.Tensor) -> torch.Tensor:

@@ -121,10 +121,6 @@ class TwoImageNetwork(Network):
     def _encoder(self, modality: str) -> Backbone:
         return self.derm_encoder if modality == "derm" or self.clinic_encoder is None else self.clinic_encoder
 
-    @property
-    def stage_channels(self) -> dict[str, tuple[int, ...]]:
-        return {m: r.channels for m, r in self._runners.items()}
-
     def encode(self, x_clinic: torch.Tensor, x_derm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled (clinical, dermoscopy) features after the stage-wise blocks."""
         rc, rd = self._runners["clinic"], self._runners["derm"]
