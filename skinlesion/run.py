@@ -96,20 +96,9 @@ class Run:
         if self._module is None:
             import torch
 
-            from skinlesion.models import build_network
-            from skinlesion.module import MultiTaskModule
+            from skinlesion.train import build_module
 
-            cfg = self.cfg
-            info = self.datamodule().info
-            backbone = OmegaConf.merge(cfg.backbone, {"pretrained": False})   # the checkpoint has the weights
-            net_cfg = OmegaConf.to_container(cfg.model.net, resolve=True)
-            if net_cfg.get("clinic_backbone"):
-                net_cfg["clinic_backbone"]["pretrained"] = False
-            network = build_network(net_cfg, backbone, info)
-            module = MultiTaskModule(
-                network, info, branch_weights=OmegaConf.to_container(cfg.model.branch_weights, resolve=True),
-                report=cfg.model.report, optim=cfg.optim.optimizer, scheduler=cfg.optim.scheduler,
-                tta=cfg.tta, normalize=cfg.data.get("normalize", "imagenet"))
+            module = build_module(self.cfg, self.datamodule(), pretrained=False)   # the checkpoint has the weights
             state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)["state_dict"]
             module.load_state_dict(state)
             module.eval_views = module.tta

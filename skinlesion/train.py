@@ -106,12 +106,19 @@ def prepare_data(cfg: DictConfig):
     return dm
 
 
-def build_module(cfg: DictConfig, dm):
-    """The configured network inside the LightningModule, with class weights from ``dm``'s training split."""
+def build_module(cfg: DictConfig, dm, pretrained: bool = True):
+    """The configured network inside the LightningModule, with class weights from ``dm``'s training split.
+    ``pretrained=False`` skips loading ImageNet weights (a checkpoint will supply them)."""
     from skinlesion.models import build_network
     from skinlesion.module import MultiTaskModule
 
-    network = build_network(cfg.model.net, cfg.backbone, dm.info)
+    backbone, net_cfg = cfg.backbone, cfg.model.net
+    if not pretrained:
+        backbone = OmegaConf.merge(backbone, {"pretrained": False})
+        net_cfg = OmegaConf.to_container(net_cfg, resolve=True)
+        if net_cfg.get("clinic_backbone"):
+            net_cfg["clinic_backbone"]["pretrained"] = False
+    network = build_network(net_cfg, backbone, dm.info)
     module = MultiTaskModule(
         network, dm.info, branch_weights=OmegaConf.to_container(cfg.model.branch_weights, resolve=True),
         report=cfg.model.report, monitor=cfg.model.get("monitor"), optim=cfg.optim.optimizer,
