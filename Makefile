@@ -23,10 +23,10 @@ demo: $(VENV)/.installed $(DEMO_DATA)/metadata.csv
 
 # Fast suite (a few minutes on 2 cores); `make test-all` adds the runs marked slow.
 test: $(VENV)/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed
-	$(PY) -m pytest -q -m ""
+	$(PY) -m pytest -q -m "" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_throughput.py

@@ -1,12 +1,21 @@
-"""Training throughput: end-to-end (files -> decode -> augment -> Lightning loop) vs the raw step rate of the
-same network on the same device with one batch already in memory. Prints both and their ratio.
+"""Training throughput: end-to-end (files -> decode -> augment -> Lightning loop) with the CPU input pipeline and
+with the GPU one (``data.pipeline=gpu``: a pre-resized uint8 store, augmentation on the device), beside the raw
+step rate of the same network on the same device with one batch already in memory. Prints each and its ratio.
 
     python benchmarks/bench_throughput.py                                   # CPU, generated data, small net
-    python benchmarks/bench_throughput.py backbone=mobilenetv2 backbone.pretrained=false trainer=gpu \\
-        data.batch_size=128 data.num_workers=16 --generate 4096 --source-size 600 --steps 60
-    python benchmarks/bench_throughput.py data.root=/data/isic2019 data=isic2019 trainer=gpu ...
 
-Arguments other than the flags below are config overrides, exactly as for train.py.
+One GPU, bf16, generated 600-px sources (the store is built once per run, before the timed steps):
+
+    python benchmarks/bench_throughput.py backbone=mobilenetv2 backbone.pretrained=false trainer=gpu \
+        data.image_size=224 data.batch_size=128 data.num_workers=16 --generate 4096 --source-size 600 --steps 60
+    python benchmarks/bench_throughput.py backbone=resnet50 backbone.pretrained=false trainer=gpu \
+        data.image_size=224 data.batch_size=128 data.num_workers=16 --generate 4096 --source-size 600 --steps 60
+    python benchmarks/bench_throughput.py backbone=swin_t backbone.pretrained=false trainer=gpu \
+        data.image_size=224 data.batch_size=128 data.num_workers=16 --generate 4096 --source-size 600 --steps 60
+    python benchmarks/bench_throughput.py data=isic2019 data.root=/data/isic2019 trainer=gpu ...   # real files
+
+Arguments other than the flags below are config overrides, exactly as for train.py (``--pipelines gpu`` times
+only the GPU path).
 """
 from __future__ import annotations
 
@@ -47,8 +56,11 @@ class StepTimer(L.Callback):
             self.t1 = time.perf_counter()
 
 
-def end_to_end(cfg, steps: int, warmup: int) -> float:
+def end_to_end(cfg, steps: int, warmup: int, t0: float) -> tuple[float, object, float]:
+    """Images/s of the Lightning loop from files, the DataModule, and the seconds its setup took since ``t0``
+    (with data.pipeline=gpu: building or opening the image store)."""
     dm = prepare_data(cfg)
+    setup_s = time.perf_counter() - t0
     module = build_module(cfg, dm)
     timer = StepTimer(warmup)
     trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
@@ -56,7 +68,7 @@ def end_to_end(cfg, steps: int, warmup: int) -> float:
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[timer], num_sanity_val_steps=0)
     trainer.fit(module, train_dataloaders=dm.train_dataloader())
-    return timer.images / (timer.t1 - timer.t0), dm
+    return timer.images / (timer.t1 - timer.t0), dm, setup_s
 
 
 def raw_steps(cfg, dm, steps: int, warmup: int) -> float:
@@ -93,29 +105,41 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (worker start-up, cudnn tuning)")
     ap.add_argument("--generate", type=int, default=640, help="without data.root: generate this many cases")
     ap.add_argument("--source-size", type=int, default=256, help="side of the generated source images")
+    ap.add_argument("--pipelines", default="cpu,gpu", help="input pipelines to time end to end (data.pipeline)")
     args, overrides = ap.parse_known_args()
+    pipelines = [p.strip() for p in args.pipelines.split(",") if p.strip()]
+    if not pipelines or set(pipelines) - {"cpu", "gpu"}:
+        ap.error(f"--pipelines {args.pipelines!r}: expected a comma-separated list of cpu and gpu")
     defaults = ["backbone=test_efficientnet", "backbone.pretrained=false", "data.image_size=128",
                 "data.batch_size=32", "data.num_workers=2", "trainer=cpu"]
+    results: dict[str, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         if not any(o.startswith("data.root=") for o in overrides):
             layout = next((o.split("=", 1)[1] for o in overrides if o.startswith("data=")), "pad_ufes")
             layout = "derm7pt" if layout.startswith("derm7pt") else layout
             root = generate(layout, Path(tmp) / "data", n=args.generate, size=args.source_size, progress=False)
             overrides = [*overrides, f"data.root={root}"]
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose("train", overrides=[*defaults, *overrides, f"paths.root_dir={REPO}",
-                                              f"paths.output_dir={tmp}/out"])
-        with open_dict(cfg):
-            cfg.data.progress = False
-        L.seed_everything(0)
-        e2e, dm = end_to_end(cfg, args.steps, args.warmup)
+        if not any(o.startswith(("paths.cache_dir=", "data.cache.dir=")) for o in overrides):
+            overrides = [*overrides, f"paths.cache_dir={tmp}/cache"]   # the store of generated data is temporary
+        dm = None
+        for pipeline in pipelines:
+            with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+                cfg = compose("train", overrides=[*defaults, *overrides, f"paths.root_dir={REPO}",
+                                                  f"paths.output_dir={tmp}/out", f"data.pipeline={pipeline}"])
+            with open_dict(cfg):
+                cfg.data.progress = False
+            L.seed_everything(0)
+            t0 = time.perf_counter()
+            rate, dm, setup_s = end_to_end(cfg, args.steps, args.warmup, t0)
+            results[pipeline] = (rate, setup_s)
         raw = raw_steps(cfg, dm, args.steps, args.warmup)
     print(f"config: backbone={cfg.backbone.name} image_size={cfg.data.image_size} batch={cfg.data.batch_size} "
           f"workers={cfg.data.num_workers} precision={cfg.trainer.precision} "
           f"device={'cuda:' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}")
-    print(f"end-to-end training : {e2e:10.1f} images/s")
-    print(f"raw step (in memory): {raw:10.1f} images/s")
-    print(f"ratio end-to-end/raw: {e2e / raw:10.3f}")
+    print(f"raw step (in memory)              : {raw:10.1f} images/s")
+    for pipeline, (rate, setup_s) in results.items():
+        print(f"end-to-end, data.pipeline={pipeline:<4}   : {rate:10.1f} images/s   ratio {rate / raw:6.3f}   "
+              f"(setup {setup_s:.1f} s{', store build included' if pipeline == 'gpu' else ''})")
 
 
 if __name__ == "__main__":

@@ -39,9 +39,23 @@ def biased_loss_weight(branch: str, w) -> float:
     return weights[branch]
 
 
+def _concurrent_jobs(pool, devices) -> int:
+    from skinlesion.launch import concurrent_jobs
+    return concurrent_jobs(pool, devices)
+
+
+def _devices_per_job(devices) -> int:
+    from skinlesion.launch import devices_per_job
+    n = devices_per_job(devices)
+    if n is None:
+        raise ConfigError(f"trainer.devices={devices!r}: a cluster job needs a number of devices (e.g. 4)")
+    return n
+
+
 def register_resolvers() -> None:
     for name, fn in (("minus", lambda a, b: float(a) - float(b)), ("auto_precision", _auto_precision),
-                     ("biased_loss", biased_loss_weight)):
+                     ("biased_loss", biased_loss_weight), ("concurrent_jobs", _concurrent_jobs),
+                     ("devices_per_job", _devices_per_job)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
@@ -136,6 +150,8 @@ class Field:
             text = "one of " + ", ".join(repr(c) for c in self.choices)
         elif self.kind == "devices":
             text = "an integer, 'auto', or a list of device indices"
+        elif self.kind == "gpus":
+            text = "'all' or a list of GPU ids"
         else:
             text = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[self.kind]
             if self.lo is not None and self.hi is not None:
@@ -153,6 +169,8 @@ class Field:
             return isinstance(v, str)
         if self.kind == "choice":
             return v in self.choices
+        if self.kind == "gpus":
+            return v == "all" or (isinstance(v, list) and all(isinstance(i, int | str) for i in v))
         if self.kind == "devices":
             return (isinstance(v, int) and not isinstance(v, bool) and v >= -1) or v == "auto" or (
                 isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in v))
@@ -179,6 +197,8 @@ SCHEMA: dict[str, Field] = {
     "tta": _f("choice", choices=("none", "flips", "six"), required=True),
     "class_weighted": _f("bool", required=True),
     "save_features": BOOL,
+    "ckpt_path": _f("str", none=True),
+    "gpu_pool": _f("gpus", none=True),
     "data.dataset": _f("choice", choices=("pad_ufes", "isic2019", "derm7pt"), required=True),
     "data.fold": INT0,
     "data.split": _f("choice", choices=("stratified", "lesion_grouped", "official")),
@@ -192,6 +212,7 @@ SCHEMA: dict[str, Field] = {
     "data.num_workers": INT0,
     "data.missing_images": _f("choice", choices=("error", "skip")),
     "data.normalize": _f("choice", choices=("imagenet", "raw_bgr")),
+    "data.pipeline": _f("choice", choices=("cpu", "gpu")),
     "data.progress": BOOL,
     "data.augment.p": PROB,
     "data.augment.flips": BOOL,

@@ -37,7 +37,7 @@ def environment(cwd: Path | None = None) -> dict:
             versions[p] = None
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
             "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "git": git_commit(cwd), "argv": sys.argv}
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "git": git_commit(cwd), "argv": sys.argv}
 
 
 _UMASK = os.umask(0)

@@ -58,6 +58,7 @@ class WeightAveraging(Callback):
         self.last_epochs, self.dirpath, self.update_bn = last_epochs, dirpath, update_bn
         self.averaged: AveragedModel | None = None
         self.checkpoint_path: str | None = None
+        self._restore: dict | None = None   # a checkpoint's running average, loaded when training starts
 
     def first_epoch(self, trainer: L.Trainer) -> int:
         """0-based epoch index from which weights are averaged."""
@@ -94,4 +95,15 @@ class WeightAveraging(Callback):
         trainer.save_checkpoint(self.checkpoint_path)
 
     def state_dict(self):
-        return {"n_averaged": self.n_averaged}
+        # The running average travels with every checkpoint, so a resumed run continues it instead of restarting.
+        return {"n_averaged": self.n_averaged,
+                "averaged": None if self.averaged is None else self.averaged.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restore = state.get("averaged")
+
+    def on_train_start(self, trainer, pl_module):
+        restore, self._restore = self._restore, None
+        if restore is not None:
+            self.averaged = AveragedModel(_network(pl_module), use_buffers=False)
+            self.averaged.load_state_dict(restore)

@@ -1,9 +1,18 @@
-"""Helpers for tests and notebooks: the real files beside a checkout, and an in-process training run composed
-from the same configs as ``python train.py`` (no Hydra app, no subprocess)."""
+"""Helpers for tests and notebooks: the real files beside a checkout, an in-process training run composed from the
+same configs as ``python train.py`` (no Hydra app, no subprocess), and commands run in a process group of their
+own that dies with the test."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -49,3 +58,81 @@ def train(overrides: list[str], out: Path, tiny: bool = True) -> Path:
 
 def run_record(run_dir: Path) -> dict:
     return json.loads((run_dir / "run.json").read_text())
+
+
+def four_epochs(root: Path, cache: Path) -> list[str]:
+    """Command-line overrides of a tiny four-epoch PAD-UFES-20 run (resume and requeue tests)."""
+    return [f"data.root={root}", *TINY, "trainer.max_epochs=4", f"paths.cache_dir={cache}"]
+
+
+def signal_at_epoch_2(name: str, once_file: Path) -> list[str]:
+    """Overrides adding :class:`SignalAtEpoch`: ``name`` (e.g. SIGKILL, SIGUSR2) when the third epoch starts."""
+    return ["+callbacks.stop._target_=skinlesion.testing.SignalAtEpoch", "+callbacks.stop.epoch=2",
+            f"+callbacks.stop.signal={name}", f"+callbacks.stop.once_file={once_file}"]
+
+
+def final_scores(run_dir: Path) -> dict:
+    """BAC/ACC/AUC of the reported output's first task, per partition, from ``metrics.json``."""
+    m = json.loads((run_dir / "metrics.json").read_text())
+    rep = m["reported"]
+    task = next(iter(m["tasks"]))
+    return {p: {k: m[p][rep]["tasks"][task][k] for k in ("bac", "acc", "auc")} for p in ("val", "test")
+            if p in m}
+
+
+def epochs_logged(run_dir: Path) -> list[int]:
+    """The epochs with a validation score in the run's per-epoch CSV log."""
+    import pandas as pd
+
+    log = pd.read_csv(run_dir / "csv" / "metrics.csv")
+    return sorted(log.dropna(subset=["val/main"])["epoch"].astype(int).tolist())
+
+
+class SignalAtEpoch(Callback):
+    """A Lightning callback that sends ``signal`` to its own process when epoch ``epoch`` (0-based) starts, i.e.
+    after the previous epoch's checkpoints are written, once: ``once_file`` is created first and, if it exists,
+    nothing is sent. Simulates a kill (SIGKILL) or a cluster's preemption notice (SIGUSR2) at a known point:
+
+        +callbacks.stop._target_=skinlesion.testing.SignalAtEpoch +callbacks.stop.epoch=2 \\
+        +callbacks.stop.signal=SIGKILL +callbacks.stop.once_file=/tmp/killed-once
+    """
+
+    def __init__(self, epoch: int, signal: str, once_file: str):
+        self.epoch, self.signal, self.once_file = int(epoch), signal, Path(once_file)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch and not self.once_file.exists():
+            self.once_file.parent.mkdir(parents=True, exist_ok=True)
+            self.once_file.touch()
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+# --------------------------------------------------------------------------------------------- processes
+@contextmanager
+def started(cmd: Sequence[str], **popen) -> Iterator[subprocess.Popen]:
+    """``subprocess.Popen(cmd)`` (text mode, cwd the checkout unless given) in a new session, hence a process group
+    of its own. Leaving the block kills the whole group — the command and whatever it started (loader workers,
+    DDP ranks, sweep jobs) — whether the test passed, failed or hit its time limit, so nothing outlives it."""
+    popen.setdefault("cwd", REPO)
+    proc = subprocess.Popen(list(map(str, cmd)), start_new_session=True, text=True, **popen)
+    try:
+        yield proc
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):   # the group is already gone
+            pass
+        proc.communicate()   # reap it and close its pipes
+
+
+def run_command(cmd: Sequence[str], timeout: float, **popen) -> subprocess.CompletedProcess:
+    """Run ``cmd`` to its end (see :func:`started`), capturing stdout and stderr; past ``timeout`` seconds the group
+    is killed and ``subprocess.TimeoutExpired`` raised."""
+    with started(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen) as proc:
+        out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def python(*args: str | Path, timeout: float, **popen) -> subprocess.CompletedProcess:
+    """``python ARGS`` with this interpreter, from the checkout (e.g. ``python("train.py", *overrides, timeout=300)``)."""
+    return run_command([sys.executable, *map(str, args)], timeout, **popen)

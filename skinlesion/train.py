@@ -7,17 +7,24 @@ Every run directory gets: config.yaml (resolved), run.json (status, identity, pa
 environment.json (package versions, git commit), folds.csv, checkpoints/, predictions/{val,test}.parquet,
 metrics.json and csv/metrics.csv (per-epoch log). The status in run.json is ``running`` while the job runs,
 then ``completed``, ``failed`` (with the error; a diverged loss also with its epoch and step) or
-``interrupted`` (SIGTERM or Ctrl-C). Files are replaced atomically, so a killed run leaves no half-written one.
+``interrupted`` (SIGTERM or Ctrl-C) or ``requeued`` (a SLURM preemption/timeout; the job runs again). Files are
+replaced atomically, so a killed run leaves no half-written one.
+
+Running a job again in the same directory resumes it from ``checkpoints/last.ckpt``, or skips it when it has
+completed (``skinlesion.resume``); ``ckpt_path=FILE`` resumes from a given checkpoint.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import platform
 import signal
 import sys
 import traceback
 import warnings
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import hydra
@@ -25,10 +32,12 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 import skinlesion.config  # noqa: F401  (registers the config resolvers)
+from skinlesion import resume
 from skinlesion.errors import SkinLesionError
 from skinlesion.provenance import environment, write_config, write_csv, write_json, write_npz, write_parquet
 from skinlesion.swa import WeightAveraging
@@ -39,6 +48,8 @@ log = logging.getLogger("skinlesion")
 # (intended) uint8 -> float device transfer hook is used although a DataModule is passed.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 warnings.filterwarnings("ignore", message=r"You have overridden `on_after_batch_transfer`")
+# A resumed run's CSV log directory exists: its earlier rows are set aside and merged back (skinlesion.resume).
+warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
 
 
 def _identity(cfg: DictConfig) -> dict:
@@ -111,6 +122,7 @@ def build_module(cfg: DictConfig, dm, pretrained: bool = True):
     ``pretrained=False`` skips loading ImageNet weights (a checkpoint will supply them)."""
     from skinlesion.models import build_network
     from skinlesion.module import MultiTaskModule
+    from skinlesion.predict import inference_payload
 
     backbone, net_cfg = cfg.backbone, cfg.model.net
     if not pretrained:
@@ -126,12 +138,16 @@ def build_module(cfg: DictConfig, dm, pretrained: bool = True):
         class_counts=dm.class_counts() if cfg.class_weighted else None, tta=cfg.tta,
         save_features=cfg.save_features, normalize=dm.normalize)
     module.case_ids = dm.table.case_ids
+    module.batch_augment = getattr(dm, "batch_augment", None)   # data.pipeline=gpu: training batches
+    module.inference_payload = inference_payload(cfg, dm, module)   # saved into every checkpoint
     return module
 
 
-def run(cfg: DictConfig, out: Path, state: dict | None = None) -> dict:
+def run(cfg: DictConfig, out: Path, state: dict | None = None, resume_from: Path | None = None,
+        resume_epoch: int | None = None) -> dict:
     """One training job; returns the metrics written to ``out/metrics.json``. ``state`` receives the trainer
-    (so an interrupted job can say how far it got)."""
+    (so an interrupted job can say how far it got); ``resume_from`` continues training from that checkpoint, whose
+    last completed epoch is ``resume_epoch``."""
     from skinlesion.evaluation.metrics import evaluate_predictions
     from skinlesion.models import parameter_report
 
@@ -148,10 +164,20 @@ def run(cfg: DictConfig, out: Path, state: dict | None = None) -> dict:
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):   # the switch wins over the configured bar
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=_loggers(cfg, ident))
+    callbacks.append(resume.RandomState())
+    loggers = _loggers(cfg, ident)
+    csv_dirs = [Path(lg.log_dir) for lg in loggers if isinstance(lg, CSVLogger)]
+    if resume_from is not None and rank_zero_only.rank == 0:
+        for d in csv_dirs:
+            resume.set_aside_epoch_log(d, resume_epoch)
+    trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, plugins=_cluster_plugins(),
+                                      **_ddp_strategy(cfg, module))
     if state is not None:
         state["trainer"] = trainer
-    trainer.fit(module, datamodule=dm)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume_from) if resume_from is not None else None)
+    if trainer.global_rank == 0:
+        for d in csv_dirs:
+            resume.merge_epoch_log(d)
 
     ckpt = trainer.checkpoint_callback
     best_path = ckpt.best_model_path if ckpt is not None and ckpt.best_model_path else None
@@ -163,7 +189,7 @@ def run(cfg: DictConfig, out: Path, state: dict | None = None) -> dict:
                      "best_checkpoint": best_path, "evaluated_checkpoint": ckpt_path,
                      "weight_averaging": None if swa is None else {"states": swa.n_averaged,
                                                                    "last_epochs": swa.last_epochs},
-                     "params": params, "branches": list(network.branches),
+                     "params": params, "branches": list(network.branches), "world_size": trainer.world_size,
                      "tasks": {t.name: list(t.classes) for t in dm.info.tasks}}
     (out / "predictions").mkdir(exist_ok=True)
     for part in ("val", "test", "holdout"):
@@ -188,6 +214,23 @@ def run(cfg: DictConfig, out: Path, state: dict | None = None) -> dict:
         print(results_table(metrics, dm.info), flush=True)
         _wandb_finals(trainer, metrics)
     return metrics
+
+
+def _ddp_strategy(cfg: DictConfig, module) -> dict:
+    """A branch trained with loss weight 0 (Table 5.17's W=0 and W=0.5 rows) still predicts, but its head gets no
+    gradient; plain DDP stops at such parameters, so DDP is told to expect them. Its gradients stay absent, as on
+    one device, so the result is the same."""
+    if str(cfg.trainer.get("strategy")) == "ddp" and not all(module.branch_weights.values()):
+        return {"strategy": "ddp_find_unused_parameters_true"}
+    return {}
+
+
+def _cluster_plugins() -> list:
+    """On SLURM, submitit owns the preemption/timeout signal and the requeue (launcher=slurm); Lightning's own
+    SLURM auto-requeue would answer the same job's signals a second time, so it is switched off."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
 def _fusion_scheme1(out: Path, metrics: dict, dataset: str) -> None:
@@ -261,6 +304,15 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    from skinlesion import launch
+
+    if launch.needs_own_process(cfg):   # a sweep job on GPUs of a pool, or one that starts DDP ranks
+        code = launch.run_job_process(cfg, "skinlesion.train")
+        out = Path(cfg.paths.output_dir)
+        if code != 0 or not (out / "metrics.json").is_file():
+            log.error("job in %s ended with exit code %d; see its run.json and train.log", out, code)
+            return None
+        return _score(json.loads((out / "metrics.json").read_text()))
     return execute(cfg)
 
 
@@ -293,20 +345,32 @@ def execute(cfg: DictConfig) -> float | None:
     """Run one job with status bookkeeping; returns the validation score (for Hydra sweepers)."""
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
+    out = Path(cfg.paths.output_dir)
     try:   # value types first: a bad command line stops before anything is written
         from skinlesion.config import validate_config
         validate_config(cfg)
+        plan = resume.plan(cfg, out)   # new, already completed, or continuing from a checkpoint
     except SkinLesionError as e:
         log.error("%s", e)
         if not multirun:
             raise SystemExit(f"error: {e}") from None
         return None
-    out = Path(cfg.paths.output_dir)
+    if plan.action == "skip":
+        log.info("%s: this run has already completed; skipped (a new run needs another directory)", out)
+        return _score(json.loads((out / "metrics.json").read_text()))
     out.mkdir(parents=True, exist_ok=True)
     # DDP ranks > 0 re-run this job in the same directory: only rank 0 writes the run's bookkeeping.
     main_process = rank_zero_only.rank == 0
+    attempts = json.loads((out / "run.json").read_text()).get("attempts", []) if (out / "run.json").is_file() else []
+    attempt = {"started": datetime.now().isoformat(), "host": platform.node(), "pid": os.getpid()}
+    # One line per process that runs this job (DDP: one per rank), so a job launched twice would show.
+    log.info("job %s: rank %d, pid %d, %s", out, rank_zero_only.rank, os.getpid(), plan.action)
+    if plan.action == "resume":
+        attempt["resumed_from"] = {"checkpoint": str(plan.checkpoint), "epochs_done": plan.epoch + 1}
+        log.info("resuming from %s (%d epoch(s) done)", plan.checkpoint, plan.epoch + 1)
     record = {"status": "running", "error": None, **_identity(cfg),
-              "overrides": list(hydra_cfg.overrides.task) if hydra_cfg is not None else []}
+              "overrides": list(hydra_cfg.overrides.task) if hydra_cfg is not None else [],
+              "attempts": [*attempts, attempt]}
     if main_process:
         write_json(out / "run.json", record)
         write_config(out / "config.yaml", cfg)
@@ -314,13 +378,24 @@ def execute(cfg: DictConfig) -> float | None:
     state: dict = {}
     try:
         with _interrupt_signals(state):
-            metrics = run(cfg, out, state)
+            metrics = run(cfg, out, state, resume_from=plan.checkpoint, resume_epoch=plan.epoch)
     except (KeyboardInterrupt, SystemExit) as e:
-        # Ctrl-C, SIGTERM, or Lightning's own exit after it caught one of them (it raises SystemExit).
+        # Ctrl-C, SIGTERM, Lightning's own exit after it caught one of them (it raises SystemExit), or submitit's
+        # exit after a preemption/timeout signal, once it has requeued the job.
         from lightning.pytorch.utilities.exceptions import SIGTERMException
-        name = state.get("signal") or ("SIGTERM" if isinstance(e, SIGTERMException) else "SIGINT")
         trainer = state.get("trainer")
         where = {"epoch": int(trainer.current_epoch), "step": int(trainer.global_step)} if trainer else None
+        if isinstance(e, SystemExit) and not isinstance(e, SIGTERMException) and os.environ.get("SUBMITIT_EXECUTOR"):
+            attempt.update(outcome="requeued", interrupted_at=where)
+            record.update(status="requeued", error=None, interrupted_at=where)
+            if main_process:
+                write_json(out / "run.json", record)
+            _finish_wandb(exit_code=1)
+            log.warning("preempted or timed out%s; requeued, the next attempt resumes from the last checkpoint",
+                        f" at epoch {where['epoch']}, step {where['step']}" if where else "")
+            raise   # submitit's exit code tells its controller the job was requeued
+        name = state.get("signal") or ("SIGTERM" if isinstance(e, SIGTERMException) else "SIGINT")
+        attempt.update(outcome="interrupted", interrupted_at=where)
         record.update(status="interrupted", error=f"interrupted by {name}", interrupted_at=where)
         if main_process:
             write_json(out / "run.json", record)
@@ -330,6 +405,7 @@ def execute(cfg: DictConfig) -> float | None:
         raise SystemExit(128 + getattr(signal, name, signal.SIGTERM).value) from None
     except Exception as e:  # noqa: BLE001  (recorded, then reported in words or re-raised)
         message = _clean_message(e)
+        attempt.update(outcome="failed")
         record.update(status="failed", error=message)
         from skinlesion.module import LossDiverged
         user = _user_error(e)
@@ -350,9 +426,15 @@ def execute(cfg: DictConfig) -> float | None:
     _finish_wandb()
     if not main_process:
         return None
+    attempt.update(outcome="completed", finished=datetime.now().isoformat())
     record.update(status="completed", **{k: metrics[k] for k in ("main_metric", "params", "branches", "tasks",
-                                                                  "reported")})
+                                                                  "reported", "world_size")})
     write_json(out / "run.json", record)
+    return _score(metrics)
+
+
+def _score(metrics: dict) -> float | None:
+    """The value a sweeper optimises: the reported output's validation score (test where there is no val)."""
     from skinlesion.evaluation.metrics import main_score
     part = "val" if "val" in metrics else "test"
     return main_score(metrics[part][metrics["reported"]], metrics["main_metric"])
@@ -364,3 +446,7 @@ def _finish_wandb(exit_code: int | None = None) -> None:
         import wandb
         if wandb.run is not None:
             wandb.finish(exit_code=exit_code)
+
+
+if __name__ == "__main__":   # python -m skinlesion.train: how a sweep job runs as a process of its own
+    main()

@@ -3,23 +3,19 @@ images. `python train.py ... trainer.max_epochs=1` must predict every case of th
 official labels. Slow (official sizes): run with `make test-all`."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from skinlesion.data import derm7pt, isic2019, pad_ufes
 from skinlesion.data.synthetic import generate
-from skinlesion.testing import REPO, shared
+from skinlesion.testing import python, shared
 
 pytestmark = pytest.mark.slow
 
 
 def cli(args: list[str], run_dir) -> None:
-    proc = subprocess.run([sys.executable, "train.py", *args, f"hydra.run.dir={run_dir}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=3600)
+    proc = python("train.py", *args, f"hydra.run.dir={run_dir}", timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 

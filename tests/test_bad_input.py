@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 import warnings
 
 import pandas as pd
 import pytest
 
 from skinlesion.data.metadata import UnseenCategoryWarning, build_vectorizer
-from skinlesion.testing import REPO, run_record, train
+from skinlesion.testing import python, run_record, train
 
 
 @pytest.fixture
@@ -96,8 +94,8 @@ def test_metadata_holding_the_targets_is_refused(roots, tmp_path):
 
 
 def test_unreadable_root_cli_prints_one_line_no_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "train.py", f"data.root={tmp_path}/nope", "backbone=test_resnet",
-                           f"hydra.run.dir={tmp_path}/run"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = python("train.py", f"data.root={tmp_path}/nope", "backbone=test_resnet", f"hydra.run.dir={tmp_path}/run",
+                  timeout=120)
     assert proc.returncode == 1
     assert f"data.root={tmp_path}/nope: not a readable directory" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout

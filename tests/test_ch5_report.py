@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -13,7 +12,7 @@ from sklearn.metrics import roc_auc_score
 from skinlesion.evaluation import simulated_runs as S
 from skinlesion.evaluation.tables import ch5_thesis_row
 from skinlesion.report import main as report_main
-from skinlesion.testing import REPO
+from skinlesion.testing import run_command
 
 SWIN, MNV3, R50, CNX = ("swin_tiny_patch4_window7_224.ms_in1k", "mobilenetv3_small_100.lamb_in1k",
                         "resnet50.tv_in1k", "convnext_tiny.fb_in1k")
@@ -83,7 +82,7 @@ def test_a_real_table5_6_sweep_becomes_the_table(derm7pt_root, tmp_path):
     out = tmp_path / "table5_6"
     cmd = [sys.executable, "train.py", "-m", "experiment=table5_6", "structure=aff", "block=cat,aab", "seed=0",
            f"data.root={derm7pt_root}", *TINY_CLI, f"hydra.sweep.dir={out}"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = run_command(cmd, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads((out / j / "run.json").read_text()) for j in ("0", "1")]
     assert [r["status"] for r in records] == ["completed", "completed"]

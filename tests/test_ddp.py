@@ -3,13 +3,12 @@ bookkeeping written once. Slow: run with `make test-all`."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
-from skinlesion.testing import REPO
+from skinlesion.testing import python, run_command
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +19,7 @@ def test_ddp_gathers_every_case_once(pad_root, tmp_path):
            "trainer.devices=2", "trainer.strategy=ddp", "data.image_size=32", "data.batch_size=16",
            "data.num_workers=0", "trainer.max_epochs=1", "tta=flips", "trainer.enable_progress_bar=false",
            f"hydra.run.dir={run}"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = run_command(cmd, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
     folds = pd.read_csv(run / "folds.csv")
@@ -28,3 +27,24 @@ def test_ddp_gathers_every_case_once(pad_root, tmp_path):
         pred = pd.read_parquet(run / "predictions" / f"{part}.parquet")
         expected = set(folds.loc[folds["partition"] == part, "case_id"])
         assert len(pred) == len(expected) and set(pred["case_id"]) == expected
+
+
+def test_a_zero_weight_branch_trains_under_ddp_as_on_one_device(derm7pt_root, tmp_path):
+    """PEMM with W=0 (Table 5.17): the clinical head's loss weight is 0, so it gets no gradient. Under DDP it
+    trains (DDP expects the unused head) and the head stays exactly as on one device: untouched by the loss."""
+    import torch
+
+    point = ["data=derm7pt", f"data.root={derm7pt_root}", "model=pemm", "model.loss.w=0", "backbone=test_resnet",
+             "trainer=cpu", "data.image_size=32", "data.batch_size=16", "data.num_workers=0", "trainer.max_epochs=1",
+             "trainer.limit_train_batches=2", "tta=none", "callbacks.swa=null", "trainer.enable_progress_bar=false"]
+    heads = {}
+    for name, extra in (("ddp", ["trainer.devices=2", "trainer.strategy=ddp"]), ("one", [])):
+        run = tmp_path / name
+        proc = python("train.py", *point, *extra, f"hydra.run.dir={run}", timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads((run / "run.json").read_text())["world_size"] == (2 if name == "ddp" else 1)
+        state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        heads[name] = {k: v for k, v in state.items() if k.startswith("network.heads.")}
+    # its parameters (BatchNorm's running statistics are buffers, updated by the forward pass on each rank's data)
+    clinic = [k for k in heads["one"] if ".heads.clinic." in k and "running_" not in k and "num_batches" not in k]
+    assert clinic and all(torch.equal(heads["ddp"][k], heads["one"][k]) for k in clinic)

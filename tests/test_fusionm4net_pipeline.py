@@ -107,3 +107,26 @@ def test_report_shows_the_stage_outputs_and_the_searched_weights(pipeline, tmp_p
     tasks = pd.read_csv(tmp_path / "rep" / "tables" / "derm7pt_test_avg_acc_task_acc.csv", dtype=str)
     p3 = tasks[tasks["Method"] == "FusionM4Net(P3)"].iloc[0]
     assert "[T6.4: 76.3 ± 0.7" in p3["AVG"]                          # the thesis's P3 beside ours
+
+
+@pytest.mark.slow
+def test_two_classifiers_of_one_seed_in_parallel_train_stage1_once(derm7pt_root, tmp_path):
+    """table6_7's layout: the classifiers of a seed share one stage 1. Started together, one job trains each
+    stage-1 run while the other waits for it, then reuses it."""
+    import subprocess
+    import sys
+
+    from skinlesion.testing import run_record, started
+
+    stage1 = tmp_path / "stage1"
+    cmds = [[sys.executable, "fusionm4net.py", f"data.root={derm7pt_root}", *FAST, f"cluster={c}",
+             f"stage1_dir={stage1}", f"hydra.run.dir={tmp_path / c}"] for c in ("svm", "logreg")]
+    with started(cmds[0], stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as a, \
+            started(cmds[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as b:
+        procs = [a, b]
+        outs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    for name in ("main", "sub"):
+        assert len(run_record(stage1 / name)["attempts"]) == 1              # trained once
+    assert any("in use by another job; waiting" in o for o in outs)
+    assert all(run_record(tmp_path / c)["status"] == "completed" for c in ("svm", "logreg"))

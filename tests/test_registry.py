@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -22,7 +21,7 @@ from skinlesion.errors import ConfigError
 from skinlesion.models import MODEL_REGISTRY, build_network, registered_models
 from skinlesion.models.fusion import FUSION_REGISTRY, fusion_options, registered_fusions
 from skinlesion.registry import PLUGIN_ENV
-from skinlesion.testing import REPO, compose_cfg, run_record, train
+from skinlesion.testing import REPO, compose_cfg, run_command, run_record, train
 
 CONF = REPO / "conf"
 
@@ -101,7 +100,7 @@ def test_new_fusion_joins_the_launched_sweep(sum_plugin, tmp_path):
     env = {**os.environ, PLUGIN_ENV: str(sum_plugin)}
     cmd = [sys.executable, "train.py", "-m", "experiment=table4_1", "backbone=test_resnet", "data.fold=0",
            f"data.root={tmp_path / 'absent'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_command(cmd, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     launched = re.findall(r"#\d+ : .*?\bmodel=(\S+)", proc.stdout + proc.stderr)
     expected = ["image_only"] + [f"{arch}_{f}" for arch in ("jf", "jif") for f in fusions]

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from skinlesion.provenance import atomic_path, write_csv, write_parquet
-from skinlesion.testing import REPO, TINY, run_record, train
+from skinlesion.testing import TINY, run_command, run_record, started, train
 
 META = ["data=pad_ufes", "model=meta_only", "tta=none"]
 
@@ -31,7 +31,7 @@ def test_a_diverged_job_does_not_stop_the_sweep(pad_root, tmp_path):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "train.py", "-m", *TINY, *META, f"data.root={pad_root}", "trainer.limit_train_batches=3",
            "optim.optimizer.lr=1e30,0.005", f"hydra.sweep.dir={out}"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = run_command(cmd, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = {}
     for d in out.iterdir():
@@ -50,8 +50,7 @@ def test_sigterm_during_training_records_interrupted(pad_root, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "train.py", *TINY, *META, f"data.root={pad_root}", "trainer.max_epochs=100000",
            "callbacks.early_stopping=null", f"hydra.run.dir={run}"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with started(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
         deadline = time.monotonic() + 120
         while not list((run / "checkpoints").glob("*.ckpt")):    # an epoch has been trained and validated
             assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -60,9 +59,6 @@ def test_sigterm_during_training_records_interrupted(pad_root, tmp_path):
         assert run_record(run)["status"] == "running"
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     rec = run_record(run)
     assert rec["status"] == "interrupted" and rec["error"] == "interrupted by SIGTERM"
     assert rec["interrupted_at"]["step"] > 0                 # stopped during training, after some steps

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score
 
 from skinlesion.report import main as report_main
-from skinlesion.testing import REPO
+from skinlesion.testing import run_command
 
 TINY_CLI = ["backbone=test_efficientnet", "backbone.pretrained=false", "trainer=cpu", "trainer.max_epochs=1",
             "data.image_size=32", "data.batch_size=32", "data.num_workers=0", "data.progress=false", "tta=none",
@@ -24,7 +23,7 @@ def sweep(pad_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "table4_1"
     cmd = [sys.executable, "train.py", "-m", "experiment=table4_1", "model=image_only,jif_mmfa", "data.fold=0,1",
            f"data.root={pad_root}", *TINY_CLI, f"hydra.sweep.dir={out}"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = run_command(cmd, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 

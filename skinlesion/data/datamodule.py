@@ -16,7 +16,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
 from skinlesion.data import derm7pt, isic2019, pad_ufes
 from skinlesion.data.images import ImageCache, check_images, load_rgb
@@ -24,7 +24,7 @@ from skinlesion.data.info import DataInfo
 from skinlesion.data.metadata import MetadataVectorizer, build_vectorizer
 from skinlesion.data.table import CaseTable, check_root
 from skinlesion.data.tasks import DERM7PT_TASK_COLUMNS, select_tasks
-from skinlesion.data.transforms import geometric, photometric, resolve_augment, to_tensor
+from skinlesion.data.transforms import geometric, photometric, resize, resolve_augment, to_tensor
 from skinlesion.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,16 @@ class CaseDataset(Dataset):
         self.table, self.positions, self.keys = table, positions, keys
         self.meta = torch.from_numpy(meta.astype(np.float32))
         self.targets = torch.from_numpy(table.targets[positions])
+        self.resize = resize(image_size)   # per image: the images of a case may differ in size
         self.geo = geometric(image_size, train, augment, extra_keys=keys[1:])
         self.photo = photometric(train, augment)
         self.cached = cached or {}
-        # albumentations keeps its own random state, independent of the global seeds: derive it from the
-        # (seeded) torch generator here, and per DataLoader worker from that worker's seed.
-        self._seed_transforms(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+        # albumentations keeps its own random state, independent of the global seeds. Training reads items as
+        # (index, epoch) from an EpochSampler and reseeds per case and epoch, so a case's augmentation depends on
+        # (seed, epoch, case) only: not on workers, batch order or an interruption. Plain integer reads (other
+        # loaders) fall back to one stream per DataLoader worker. The seed comes from the (seeded) torch generator.
+        self.seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        self._seed_transforms(self.seed)
         self._worker_seeded: int | None = None
 
     def _seed_transforms(self, seed: int) -> None:
@@ -60,23 +64,50 @@ class CaseDataset(Dataset):
         where = f" (case {self.table.case_ids[row]}, {self.table.source.name} line {self.table.csv_line(row)})"
         return load_rgb(self.cached.get(src, src), where)
 
-    def __getitem__(self, i: int) -> dict:
-        worker = get_worker_info()
-        if worker is not None and self._worker_seeded != worker.seed:
-            self._seed_transforms(worker.seed % 2**31)
-            self._worker_seeded = worker.seed
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if isinstance(key, tuple):
+            i, epoch = key
+            self._seed_transforms(int(np.random.SeedSequence([self.seed, epoch, int(i)]).generate_state(1)[0]))
+        else:
+            i, worker = key, get_worker_info()
+            if worker is not None and self._worker_seeded != worker.seed:
+                self._seed_transforms(worker.seed % 2**31)
+                self._worker_seeded = worker.seed
         row = int(self.positions[i])
         item: dict = {"meta": self.meta[i], "target": self.targets[i], "index": row}
         if self.keys:
-            imgs = {k: self._load(k, row) for k in self.keys}
-            out = self.geo(image=imgs[self.keys[0]], **{k: imgs[k] for k in self.keys[1:]})
-            item["images"] = {}
-            for k in self.keys:
-                img = out["image" if k == self.keys[0] else k]
-                if self.photo is not None:
-                    img = self.photo(image=img)["image"]
-                item["images"][k] = to_tensor(img)
+            try:
+                item["images"] = self._images(row)
+            except DataError:
+                raise
+            except Exception as e:  # noqa: BLE001  (inside a loader worker: name the case and its files)
+                files = ", ".join(str(self.table.images[k][row]) for k in self.keys)
+                raise DataError(f"case {self.table.case_ids[row]} ({self.table.source.name} line "
+                                f"{self.table.csv_line(row)}; {files}): {type(e).__name__}: "
+                                f"{' '.join(str(e).split())}") from None
         return item
+
+    def _images(self, row: int) -> dict[str, torch.Tensor]:
+        # each image to the input size on its own, then the geometry the images of the case share
+        imgs = {k: self.resize(image=self._load(k, row))["image"] for k in self.keys}
+        out = self.geo(image=imgs[self.keys[0]], **{k: imgs[k] for k in self.keys[1:]})
+        images = {}
+        for k in self.keys:
+            img = out["image" if k == self.keys[0] else k]
+            if self.photo is not None:
+                img = self.photo(image=img)["image"]
+            images[k] = to_tensor(img)
+        return images
+
+
+class EpochSampler(DistributedSampler):
+    """The training order as a function of (seed, epoch) — torch's DistributedSampler, one replica unless DDP —
+    yielding ``(index, epoch)`` so that each case's augmentation is seeded by its epoch too (:class:`CaseDataset`).
+    Lightning sets the epoch; a resumed run therefore replays exactly the batches an uninterrupted one would see."""
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((i, epoch) for i in super().__iter__())
 
 
 class SkinLesionDataModule(L.LightningDataModule):
@@ -88,7 +119,7 @@ class SkinLesionDataModule(L.LightningDataModule):
                  image_dir: str = "ISIC_2019_Training_Input", missing_images: str = "error",
                  augment: dict | None = None, normalize: str = "imagenet", cache: dict | None = None,
                  pin_memory: bool = True, persistent_workers: bool = True, progress: bool = True,
-                 hold_out: str | None = None):
+                 hold_out: str | None = None, pipeline: str = "cpu"):
         super().__init__()
         if dataset not in DATASETS:
             raise ConfigError(f"data.dataset={dataset!r}: expected one of {sorted(DATASETS)}")
@@ -116,6 +147,12 @@ class SkinLesionDataModule(L.LightningDataModule):
             raise ConfigError(f"data.normalize={normalize!r}: expected 'imagenet' or 'raw_bgr'")
         self.missing_images, self.normalize = missing_images, normalize   # applied on the device by the module
         self.augment = resolve_augment(augment)   # None: the default training augmentation
+        if pipeline not in ("cpu", "gpu"):
+            raise ConfigError(f"data.pipeline={pipeline!r}: expected 'cpu' (decode and augment in loader workers) or "
+                              "'gpu' (a pre-resized uint8 store, augmentation on the device)")
+        self.pipeline = pipeline
+        # data.pipeline=gpu: the device augmentation the module applies to training batches (set up in setup())
+        self.batch_augment = None
         self.cache_cfg = dict(cache or {})
         self.progress = progress
         self.input_keys: tuple[str, ...] = keys   # narrowed to what the model reads (set_input_keys)
@@ -191,7 +228,7 @@ class SkinLesionDataModule(L.LightningDataModule):
         try:
             self._fit_meta()
             self._check_images()
-            cached = self._build_cache()
+            cached = self._build_store() if self.pipeline == "gpu" else self._build_cache()
             self.datasets = {part: self._make(part, cached) for part in ("train", "val", "test", "holdout")
                              if (partition == part).any()}
         except BaseException:
@@ -261,8 +298,39 @@ class SkinLesionDataModule(L.LightningDataModule):
         sources = [p for k in self.input_keys for p in self.table.images[k]]
         return cache.build(sources, workers=max(1, self.num_workers), progress=self.progress)
 
-    def _make(self, part: str, cached) -> CaseDataset:
+    def _build_store(self) -> dict | None:
+        """data.pipeline=gpu: every image the model reads, decoded and resized once into one uint8 array
+        (:class:`ImageStore`, reused by later runs), and the device augmentation for the training batches."""
+        from skinlesion.data.gpu_augment import BatchAugment
+        from skinlesion.data.store import ImageStore
+
+        if not self.input_keys:
+            return None
+        t = self.table
+        where: dict[Path, str] = {}   # first case reading each file, for decode errors
+        for k in self.input_keys:
+            for row, src in enumerate(t.images[k]):
+                if src not in where:
+                    where[src] = f" (case {t.case_ids[row]}, {t.source.name} line {t.csv_line(row)})"
+        sources = list(where)
+        # with data.cache.enabled the CPU path resizes the cached copies: so does the store (identical inputs)
+        cached = self._build_cache() or {}
+        directory = self.cache_cfg.get("dir") or os.environ.get("SKINLESION_CACHE") or ".cache/images"
+        path = ImageStore(directory, self.image_size).build(
+            [cached.get(s, s) for s in sources], [where[s] for s in sources], workers=min(32, os.cpu_count() or 1),
+            progress=self.progress)
+        index = {s: i for i, s in enumerate(sources)}
+        aug = BatchAugment(self.augment, self.input_keys)
+        self.batch_augment = aug if aug.active else None
+        return {"store": path, "rows": {k: np.array([index[s] for s in t.images[k]]) for k in self.input_keys},
+                "n_draws": aug.n_draws if aug.active else 0}
+
+    def _make(self, part: str, cached) -> Dataset:
         pos = np.flatnonzero(self.partition == part)
+        if self.pipeline == "gpu" and cached is not None:
+            from skinlesion.data.store import StoreDataset
+            return StoreDataset(self.table, pos, self.input_keys, self.meta[pos], cached["store"], cached["rows"],
+                                n_draws=cached["n_draws"] if part == "train" else 0)
         return CaseDataset(self.table, pos, self.input_keys, self.meta[pos], self.image_size, part == "train",
                            self.augment, cached)
 
@@ -282,12 +350,21 @@ class SkinLesionDataModule(L.LightningDataModule):
         if part not in self.datasets:
             raise ConfigError(f"{self.dataset} has no '{part}' partition in this setting")
         ds = self.datasets[part]
+        sampler = None
+        if train:
+            trainer = self.trainer   # attached by Lightning; None when the module is used on its own
+            replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+            sampler = EpochSampler(ds, num_replicas=replicas, rank=rank, shuffle=True, seed=ds.seed)
         # Drop the last training batch only when it would hold a single case (BatchNorm cannot train on it):
         # every other case is seen every epoch, as in the reference recipe.
-        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, shuffle=train,
-                          drop_last=train and len(ds) % self.batch_size == 1, num_workers=self.num_workers,
+        # A generator of the loader's own: creating an iterator draws the workers' base seed from it, not from the
+        # global random state, which a resumed run restores from its checkpoint at a point where an uninterrupted
+        # run has not yet created its next iterator (dropout would then draw other numbers after a resume).
+        return DataLoader(ds, batch_size=self.batch_size if train else self.eval_batch_size, sampler=sampler,
+                          drop_last=train and len(sampler) % self.batch_size == 1, num_workers=self.num_workers,
                           pin_memory=self.pin_memory and torch.cuda.is_available(),
-                          persistent_workers=self.persistent_workers and self.num_workers > 0)
+                          persistent_workers=self.persistent_workers and self.num_workers > 0,
+                          generator=torch.Generator().manual_seed(int(ds.seed)))
 
     def train_dataloader(self):
         return self._loader("train", True)

@@ -232,6 +232,7 @@ class MetadataVectorizer:
         self._fitted = False
         self._mean: np.ndarray | None = None
         self._std: np.ndarray | None = None
+        self._empty_in_fit: dict[str, int] | None = None   # per field, the training rows with an empty cell
 
     # -- shape ---------------------------------------------------------------------------------------------
     @property
@@ -291,6 +292,8 @@ class MetadataVectorizer:
                 learned.append(Field(f.name, vocab))
             self._fields = tuple(learned)
         self._fitted = True
+        # which fields the model saw empty while training (an empty cell there is an input it learned, not a gap)
+        self._empty_in_fit = {f.name: sum(v is None for v in _normalise(df_train[f.name])) for f in self._fields}
         if self.scale_numeric:
             num = self._numeric_block(df_train)
             self._mean = num.mean(axis=0) if len(num) else np.zeros(num.shape[1])
@@ -355,6 +358,34 @@ class MetadataVectorizer:
 
     def fit_transform(self, df_train: pd.DataFrame) -> np.ndarray:
         return self.fit(df_train).transform(df_train)
+
+    # -- saved state ---------------------------------------------------------------------------------------
+    @property
+    def empty_in_fit(self) -> dict[str, int] | None:
+        """Per field, how many training rows had an empty cell (None before ``fit``)."""
+        return None if self._empty_in_fit is None else dict(self._empty_in_fit)
+
+    def state_dict(self) -> dict:
+        """Everything :meth:`from_state` needs to transform rows exactly as this (fitted) vectorizer does, as plain
+        Python values (a checkpoint loads it with ``torch.load(..., weights_only=True)``)."""
+        return {"dataset": self.dataset, "variant": self.variant, "source": self.source,
+                "scale_numeric": self.scale_numeric, "learn_vocab": self._learn_vocab, "fitted": self._fitted,
+                "fields": [{"name": f.name, "vocab": None if f.vocab is None else list(f.vocab)} for f in self._fields],
+                "mean": None if self._mean is None else [float(v) for v in self._mean],
+                "std": None if self._std is None else [float(v) for v in self._std],
+                "empty_in_fit": self.empty_in_fit}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "MetadataVectorizer":
+        """The vectorizer saved by :meth:`state_dict`, fitted state included (nothing is refitted)."""
+        fields = tuple(Field(f["name"], None if f["vocab"] is None else tuple(f["vocab"])) for f in state["fields"])
+        vec = cls(state["dataset"], state["variant"], fields, scale_numeric=state["scale_numeric"],
+                  source=state["source"], learn_vocab=state["learn_vocab"])
+        vec._fitted = bool(state["fitted"])
+        vec._mean = None if state["mean"] is None else np.asarray(state["mean"], dtype=np.float64)
+        vec._std = None if state["std"] is None else np.asarray(state["std"], dtype=np.float64)
+        vec._empty_in_fit = None if state.get("empty_in_fit") is None else dict(state["empty_in_fit"])
+        return vec
 
 
 # ---------------------------------------------------------------------------------------------- factories

@@ -48,10 +48,19 @@ def shift_scale_rotate(shift: float, scale: float, rotate: float, p: float = 0.5
                     rotate=(-rotate, rotate), border_mode=cv2.BORDER_REFLECT_101, p=p)
 
 
+def resize(image_size: int) -> A.Resize:
+    """One image to the network's square input size (no crop). The images of a case are resized each on its own,
+    before the geometry they share: the two photographs of a derm7pt case can differ in size and aspect ratio
+    (768x512 beside 768x511, 767x508, ...), and albumentations refuses targets of unequal shape."""
+    return A.Resize(image_size, image_size)
+
+
 def geometric(image_size: int, train: bool, aug: dict, extra_keys: Sequence[str] = ()) -> A.Compose:
-    """Resize (no crop) and, for training, the geometric block; extra keys get the same parameters."""
+    """Resize (no crop) and, for training, the geometric block; extra keys get the same parameters. All targets
+    must be of one size: :class:`~skinlesion.data.datamodule.CaseDataset` passes them through :func:`resize` first,
+    which leaves this resize nothing to do."""
     aug = resolve_augment(aug)
-    ops: list = [A.Resize(image_size, image_size)]
+    ops: list = [resize(image_size)]
     if train and aug["p"] > 0:
         block = []
         if aug["flips"]:

@@ -7,8 +7,9 @@
     <run dir>     stage 2 on the two (CPU, seconds)          -> predictions with branches p1, p2, p3
 
 Rerunning the same command (the same run directory, or the same ``stage1_dir``) skips the stage-1 runs whose
-run.json says completed and redoes only what is missing. A failed stage-1 run stops this seed with its error;
-other seeds of a sweep are unaffected.
+run.json says completed and redoes only what is missing (an interrupted one resumes from its last checkpoint). Jobs
+that share a stage 1 (``stage1_dir``) take turns on each run under a lock: one trains it, the others reuse it. A
+failed stage-1 run stops this seed with its error; other seeds of a sweep are unaffected.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from skinlesion.errors import SkinLesionError
+from skinlesion.resume import run_lock
 
 log = logging.getLogger("skinlesion")
 
@@ -62,14 +64,15 @@ def run_pipeline(cfg: DictConfig) -> dict:
     stage1 = Path(cfg.stage1_dir)
     runs = {"main": (stage1 / "main", False, "test"), "sub": (stage1 / "sub", True, "holdout")}
     for name, (run_dir, sub, needs) in runs.items():
-        if finished(run_dir, needs):
-            log.info("stage 1 %s: finished run in %s, skipped", name, run_dir)
-            continue
-        log.info("stage 1 %s: training in %s", name, run_dir)
-        try:
-            execute(stage1_config(cfg, run_dir, sub))
-        except SystemExit as e:   # execute's one-line error for a single run
-            raise StageFailed(f"stage 1 {name} run failed ({run_dir}): {str(e).removeprefix('error: ')}") from None
+        with run_lock(run_dir):   # jobs sharing this stage 1 (one seed's classifiers) train it once
+            if finished(run_dir, needs):
+                log.info("stage 1 %s: finished run in %s, skipped", name, run_dir)
+                continue
+            log.info("stage 1 %s: training in %s", name, run_dir)
+            try:
+                execute(stage1_config(cfg, run_dir, sub))
+            except SystemExit as e:   # execute's one-line error for a single run
+                raise StageFailed(f"stage 1 {name} run failed ({run_dir}): {str(e).removeprefix('error: ')}") from None
         if not finished(run_dir, needs):
             record = {}
             try:

@@ -43,6 +43,12 @@ def required_inputs(model_cfg: DictConfig | dict, info: DataInfo) -> tuple[str, 
     return tuple(cls.required_images(cfg, info))
 
 
+def branch_inputs(model_cfg: DictConfig | dict, info: DataInfo) -> dict[str, tuple[str, ...]]:
+    """Per branch of the configured network, the inputs its prediction depends on (image keys and ``"meta"``)."""
+    cls, cfg = _resolve(model_cfg)
+    return {b: tuple(need) for b, need in cls.branch_inputs(cfg, info).items()}
+
+
 def build_network(model_cfg: DictConfig | dict, backbone_cfg: DictConfig | dict | None, info: DataInfo):
     """Instantiate ``model_cfg.arch`` after checking that the dataset provides what it needs."""
     cls, cfg = _resolve(model_cfg)

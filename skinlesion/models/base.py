@@ -6,6 +6,8 @@ from torch import nn
 from skinlesion.data.info import DataInfo
 from skinlesion.errors import ConfigError
 
+META_INPUT = "meta"   # the metadata vector, as named in branch_inputs (beside the image keys)
+
 
 class Network(nn.Module):
     registry_name: str = "?"
@@ -19,6 +21,13 @@ class Network(nn.Module):
     @classmethod
     def uses_meta(cls, cfg: dict) -> bool:
         return False
+
+    @classmethod
+    def branch_inputs(cls, cfg: dict, info: DataInfo) -> dict[str, tuple[str, ...]]:
+        """Per branch, the inputs its prediction depends on: image keys and ``"meta"``. A case that lacks an input
+        can still be predicted from the branches that do not need it. Default: every branch reads every input."""
+        need = (*cls.required_images(cfg, info), *((META_INPUT,) if cls.uses_meta(cfg) else ()))
+        return {b: need for b in cls.branches}
 
     @classmethod
     def check_data(cls, cfg: dict, info: DataInfo) -> None:

@@ -13,7 +13,7 @@ from skinlesion.data.info import DataInfo
 from skinlesion.errors import ConfigError
 from skinlesion.models import register_model
 from skinlesion.models.backbones import Backbone
-from skinlesion.models.base import Network, pick_image
+from skinlesion.models.base import META_INPUT, Network, pick_image
 from skinlesion.models.fusion import build_fusion
 from skinlesion.models.heads import MultiTaskHead
 from skinlesion.models.meta_encoder import MetaEncoder
@@ -31,6 +31,12 @@ class _ImageMetaNetwork(Network):
     @classmethod
     def uses_meta(cls, cfg):
         return True
+
+    @classmethod
+    def branch_inputs(cls, cfg, info):
+        image = pick_image(cfg.get("image_key"), info)
+        inputs = {"image": (image,), "meta": (META_INPUT,), "fusion": (image, META_INPUT)}
+        return {b: inputs[b] for b in cls.branches}
 
     @classmethod
     def check_data(cls, cfg, info):

@@ -30,7 +30,7 @@ from skinlesion.data.info import DataInfo
 from skinlesion.errors import ConfigError
 from skinlesion.models import register_model
 from skinlesion.models.backbones import Backbone
-from skinlesion.models.base import Network
+from skinlesion.models.base import META_INPUT, Network
 from skinlesion.models.fusion import build_fusion
 from skinlesion.models.heads import MultiTaskHead
 from skinlesion.models.spatial_attention import BLOCK_REGISTRY
@@ -51,6 +51,21 @@ class TwoImageNetwork(Network):
     @classmethod
     def uses_meta(cls, cfg):
         return cfg.get("meta_fusion") is not None
+
+    @classmethod
+    def branch_inputs(cls, cfg, info):
+        # Attention blocks pass information between the encoders: aab refines the dermoscopy map with the clinical
+        # one (the clinical map passes unchanged), bab and sca work both ways; none (CAT) and self keep them apart.
+        # A shared encoder runs the images as one batch, but in eval mode every sample is computed on its own.
+        block = cfg.get("block", "none") if list(cfg.get("block_stages", (1, 2, 3, 4))) else "none"
+        apart = block in ("none", "self")
+        derm = ("derm",) if apart else ("derm", "clinic")
+        clinic = ("clinic",) if apart or block == "aab" else ("clinic", "derm")
+        fused = derm if cfg.get("fusion_input", "concat") == "derm_only" else tuple(dict.fromkeys(derm + clinic))
+        if cfg.get("meta_fusion") is not None:
+            fused = (*fused, META_INPUT)
+        inputs = {"derm": derm, "clinic": clinic, "fusion": fused}
+        return {b: inputs[b] for b in (("fusion",) if cfg.get("heads", "all") == "fusion" else cls.branches)}
 
     @classmethod
     def check_data(cls, cfg, info):

@@ -195,10 +195,35 @@ def _group_looks(groups) -> dict[str, np.ndarray]:
 _SHOWN = {"derm": _group_looks(DERM_GROUPS), "clinic": _group_looks(CLINIC_GROUPS)}
 
 
-def _jobs(root: Path, df: pd.DataFrame) -> list[ImageJob]:
+# File sizes as in the release: landscape 3:2 (768x512 there); in some pairs one image a pixel or a few smaller
+# (768x511, 767x508, 759x510 beside 768x512: 23 of the 1,011 released cases), and some clinical photographs of
+# another shape altogether. Generated sets meet the unequal pairs more often than the release (8% and 4% of the
+# cases) so that the small sets of the tests contain them too.
+_ASPECT = (1.5, 1.0)
+_P_TRIMMED, _P_OTHER_CLINIC = 0.08, 0.04
+_OTHER_CLINIC_ASPECTS = ((1.0, 1.5), (4 / 3, 1.0), (1.0, 1.0))   # portrait, 4:3, square
+
+
+def _file_shapes(rng: np.random.Generator, n: int) -> list[dict[str, tuple[tuple[float, float], tuple[int, int]]]]:
+    """Per case, (aspect, trim) of its derm and clinic files (:class:`ImageJob`); a fixed number of draws per case."""
+    shapes = []
+    for _ in range(n):
+        u, which = rng.random(), rng.random()
+        dw, dh, other = int(rng.integers(0, 10)), int(rng.integers(1, 5)), int(rng.integers(len(_OTHER_CLINIC_ASPECTS)))
+        shape = {"derm": (_ASPECT, (0, 0)), "clinic": (_ASPECT, (0, 0))}
+        if u < _P_TRIMMED:
+            shape["clinic" if which < 0.5 else "derm"] = (_ASPECT, (dw, dh))
+        elif u < _P_TRIMMED + _P_OTHER_CLINIC:
+            shape["clinic"] = (_OTHER_CLINIC_ASPECTS[other], (0, 0))
+        shapes.append(shape)
+    return shapes
+
+
+def _jobs(root: Path, df: pd.DataFrame, rng: np.random.Generator) -> list[ImageJob]:
     jobs, seen = [], set()
     images = (root / "images").resolve()
-    for rec in df.to_dict("records"):
+    shapes = _file_shapes(rng, len(df))
+    for rec, shape in zip(df.to_dict("records"), shapes):
         raw_diag = rec["diagnosis"]
         cls = _DIAG.classes[_DIAG.raw_to_code[raw_diag]]
         markers = tuple((t.raw_to_code[rec[DERM7PT_TASK_COLUMNS[t.name]]], rec[DERM7PT_TASK_COLUMNS[t.name]])
@@ -215,9 +240,11 @@ def _jobs(root: Path, df: pd.DataFrame) -> list[ImageJob]:
             shown = _SHOWN[key]
             look = LOOKS[_RAW_LOOK[raw_diag]] if raw_diag in _RAW_LOOK else shown[cls]
             alt = np.stack([v for c, v in shown.items() if not np.array_equal(v, shown[cls])])
+            aspect, trim = shape[key]
             jobs.append(ImageJob(path, "JPEG", look, alt, dermoscopic, lesion_scale=0.85,
                                  vignette_p=1.0 if dermoscopic else 0.0, markers=markers,
-                                 marker_contrast=DERM_MARKERS if dermoscopic else CLINIC_MARKERS))
+                                 marker_contrast=DERM_MARKERS if dermoscopic else CLINIC_MARKERS,
+                                 aspect=aspect, trim=trim))
     return jobs
 
 
@@ -227,7 +254,7 @@ def generate(rng: np.random.Generator, root: Path, n: int) -> list[ImageJob]:
     write_csv(root / reader.METADATA, reader.COLUMNS, rows)
     for name, idx in split.items():
         write_csv(root / "meta" / name, ("indexes",), [[str(i)] for i in idx])
-    return _jobs(root, pd.DataFrame(rows, columns=list(reader.COLUMNS)))
+    return _jobs(root, pd.DataFrame(rows, columns=list(reader.COLUMNS)), rng)
 
 
 def from_csv(rng: np.random.Generator, root: Path, src: Path) -> list[ImageJob]:
@@ -245,4 +272,4 @@ def from_csv(rng: np.random.Generator, root: Path, src: Path) -> list[ImageJob]:
     copy(src, root / reader.METADATA)
     for f in index_files:
         copy(f, root / "meta" / f.name)
-    return _jobs(root, df)
+    return _jobs(root, df, rng)

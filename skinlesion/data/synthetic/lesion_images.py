@@ -87,6 +87,16 @@ class ImageJob:
     vignette_p: float = 0.0
     markers: tuple[tuple[int, str], ...] | None = None   # derm7pt criteria (code, raw string), canonical order
     marker_contrast: tuple[float, ...] = (1.0,) * 7      # per criterion; 0 leaves that criterion out of the image
+    # the saved file's width and height as multiples of the rendered square's side, less ``trim`` pixels each
+    # (derm7pt photographs are landscape, and some pairs differ by a pixel or a few)
+    aspect: tuple[float, float] = (1.0, 1.0)
+    trim: tuple[int, int] = (0, 0)
+
+    def file_size(self, size: int) -> tuple[int, int]:
+        """(width, height) of the written file for a rendered side of ``size`` pixels; small images are trimmed
+        by at most ``size // 32`` pixels (one at least), so that a few pixels stay a few percent."""
+        limit = max(1, size // 32)
+        return tuple(round(size * a) - min(t, limit) for a, t in zip(self.aspect, self.trim))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -264,6 +274,8 @@ def write_images(jobs: list[ImageJob], size: int, seed: int, difficulty: float, 
                 if job.rgba:    # opaque alpha channel, as in the real RGBA PNGs
                     arr = np.dstack([arr, np.full(arr.shape[:2], 255, np.uint8)])
                 im = Image.fromarray(arr, "RGBA" if job.rgba else "RGB")
+                if job.file_size(size) != im.size:
+                    im = im.resize(job.file_size(size), Image.Resampling.BILINEAR)
                 if job.fmt == "JPEG":
                     im.save(job.path, format="JPEG", quality=92)
                 else:

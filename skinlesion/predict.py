@@ -1,0 +1,619 @@
+"""Predict new cases with a trained model: ``python predict.py CKPT --images FILES_OR_DIRS... [--metadata CSV]``.
+
+Every checkpoint written during training carries an *inference payload* (:func:`inference_payload`, saved by
+``MultiTaskModule.on_save_checkpoint``): the resolved config, tasks and classes, the image keys the network reads,
+image size, normalisation, test-time views, the fitted metadata vectorizer and the inputs each branch needs. A
+prediction therefore needs the checkpoint and the new files only; nothing is refitted.
+
+Input convention (one case = one row of the output):
+
+* ``--metadata CSV`` in the dataset's official layout (the columns the model was trained on): one case per row,
+  in CSV order. Images are matched to rows by the dataset's own image-id column: PAD-UFES-20 ``img_id`` (a file
+  name), ISIC-2019 ``image`` (a file stem), derm7pt ``derm`` and ``clinic`` (paths as in ``meta.csv``; a file matches
+  by that relative path under a given directory, or by its name). Every given image must match a row. Case ids:
+  ``img_id``, ``image``, derm7pt ``case_num``.
+* without ``--metadata``, for a one-image model: one case per image file (directories are searched recursively),
+  the case id being what the dataset's id column would hold (PAD file name, ISIC stem, derm7pt relative path).
+  Two-image models need the CSV (it says which file is which modality of which case).
+
+A case that lacks an input (a metadata column absent from the CSV or, in a row, an empty field the training split
+never left empty; an image not given) is predicted from the branches that do not need it (the mean of their
+probabilities, as the ``all`` output is), and the ``output`` and ``missing`` columns say so; a model without such a
+branch stops with an error naming the file, row and field. Empty fields that were also empty in training rows are
+encoded as in training (that is what the model learned). A category outside the fitted vocabulary is encoded as
+an all-zero block, as during training, with a warning and a ``notes`` entry.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+from skinlesion.errors import ConfigError, DataError, SkinLesionError
+
+log = logging.getLogger(__name__)
+
+PAYLOAD_KEY = "inference"
+PAYLOAD_VERSION = 1
+META = "meta"   # the metadata input, as named in a network's branch_inputs
+OUTPUT = "output"   # the branch segment of the output's probability columns: prob/output/<task>/<class>
+# The dataset's own column naming each image of a case, and the case id column.
+IMAGE_ID_COLUMNS = {"pad_ufes": {"clinic": "img_id"}, "isic2019": {"derm": "image"},
+                    "derm7pt": {"derm": "derm", "clinic": "clinic"}}
+CASE_ID_COLUMNS = {"pad_ufes": "img_id", "isic2019": "image", "derm7pt": "case_num"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+# ---------------------------------------------------------------------------------------------- payload
+def _vectorizer(dm):
+    """The run's fitted metadata vectorizer (None without metadata). A DataModule that does not keep its own is
+    refitted here exactly as in its setup: on the training rows of the same table (deterministic)."""
+    if dm.info.meta_dim == 0:
+        return None
+    vec = getattr(dm, "vectorizer", None)
+    if vec is None:
+        vec = dm._vectorizer(source=str(dm.table.source))
+        vec.fit(dm.table.frame.iloc[np.flatnonzero(dm.partition == "train")])
+        if list(vec.columns) != list(dm.meta_columns):
+            raise RuntimeError(f"refitted metadata columns {vec.columns} differ from the run's {dm.meta_columns}")
+    return vec
+
+
+def _plain_config(cfg) -> dict:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:
+        # e.g. ${hydra:...} paths outside a Hydra app; the model's own keys still resolve when the config is
+        # recreated from the saved (interpolated) values
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def inference_payload(cfg, dm, module=None) -> dict:
+    """What predicting new cases needs besides the weights, as plain Python values (loadable with
+    ``torch.load(..., weights_only=True)``). ``dm`` is the run's set-up DataModule."""
+    saved = getattr(dm, "inference_payload", None)
+    if saved is not None:   # the stand-in DataModule of a model rebuilt from a checkpoint
+        return saved
+    from skinlesion.data.transforms import tta_views
+    from skinlesion.models import branch_inputs, required_inputs
+
+    info = dm.info
+    vec = _vectorizer(dm)
+    inputs = branch_inputs(cfg.model.net, info)
+    cache = dict(getattr(dm, "cache_cfg", None) or {})
+    image_keys = list(required_inputs(cfg.model.net, info))
+    return {
+        "version": PAYLOAD_VERSION,
+        "config": _plain_config(cfg),
+        "dataset": info.dataset,
+        "tasks": {t.name: list(t.classes) for t in info.tasks},
+        "image_keys": image_keys,                       # what the network reads, primary first
+        "dataset_image_keys": list(info.image_keys),
+        "meta_dim": int(info.meta_dim),
+        "image_size": int(dm.image_size),
+        "normalize": str(dm.normalize),
+        # evaluation read the run's pre-resized cache copies (PIL bilinear) when it had one
+        "pre_resize": int(cache.get("size", 256)) if cache.get("enabled") and image_keys else None,
+        "tta": list(module.tta if module is not None else tta_views(cfg.tta)),
+        "report": str(cfg.model.report),
+        "search": cfg.model.get("search"),
+        "branches": list(inputs),
+        "branch_inputs": {b: list(need) for b, need in inputs.items()},
+        "metadata": None if vec is None else vec.state_dict(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- the model
+@dataclass
+class Predictor:
+    """A trained model ready for new cases: the module (eval mode), its payload and what the run reported."""
+    module: object
+    payload: dict
+    checkpoint: Path
+    vectorizer: object | None
+    output: str                                  # the reported output: a branch, all, all_logits or searched
+    weights: dict[str, float] | None = None      # searched branch weights (output == "searched")
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def dataset(self) -> str:
+        return self.payload["dataset"]
+
+    @property
+    def branch_inputs(self) -> dict[str, list[str]]:
+        return self.payload["branch_inputs"]
+
+
+def _resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
+    """(checkpoint file, its run directory or None). A directory is a run: its evaluated (best) checkpoint."""
+    from skinlesion.run import _checkpoint
+
+    if path.is_dir():
+        if not (path / "checkpoints").is_dir():
+            raise ConfigError(f"{path}: not a run directory (no checkpoints/) and not a checkpoint file")
+        return _checkpoint(path, "best"), path
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {str(path)!r}: no such file or run directory")
+    run_dir = path.parent.parent
+    return path, run_dir if path.parent.name == "checkpoints" and (run_dir / "config.yaml").is_file() else None
+
+
+def _searched_weights(run_dir: Path | None, ckpt: Path) -> dict[str, float] | None:
+    """The run's searched branch weights when it reports them and they were found for this checkpoint."""
+    if run_dir is None or not (run_dir / "metrics.json").is_file():
+        return None
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    evaluated = metrics.get("evaluated_checkpoint") or metrics.get("best_checkpoint")
+    if metrics.get("reported") != "searched" or not evaluated or Path(evaluated).name != ckpt.name:
+        return None
+    return {str(b): float(w) for b, w in metrics["search"]["weights"].items()}
+
+
+def load_predictor(checkpoint: str | Path, device: str = "cpu") -> Predictor:
+    """Rebuild the trained module from a checkpoint file or a run directory (its evaluated checkpoint)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    import skinlesion.config  # noqa: F401  (resolvers, in case the saved config still names one)
+    from skinlesion.data.info import DataInfo
+    from skinlesion.data.metadata import MetadataVectorizer
+    from skinlesion.data.tasks import Task
+    from skinlesion.train import build_module
+
+    ckpt, run_dir = _resolve_checkpoint(Path(checkpoint))
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as e:   # not a torch file, truncated, or pickled objects beyond plain values
+        raise ConfigError(f"{ckpt}: cannot be read as a checkpoint ({type(e).__name__}: {e})") from None
+    payload = state.get(PAYLOAD_KEY)
+    if payload is None:
+        payload = _payload_from_run(ckpt, run_dir)
+    if payload.get("version") != PAYLOAD_VERSION:
+        raise ConfigError(f"{ckpt}: inference payload version {payload.get('version')!r}; this version reads "
+                          f"{PAYLOAD_VERSION}")
+    cfg = OmegaConf.create(payload["config"])
+    tasks = tuple(Task(name, tuple(classes)) for name, classes in payload["tasks"].items())
+    info = DataInfo(payload["dataset"], tasks, tuple(payload["dataset_image_keys"]), int(payload["meta_dim"]))
+    vec = None if payload["metadata"] is None else MetadataVectorizer.from_state(payload["metadata"])
+    # build_module reads these from a DataModule; this stand-in carries them (and the payload itself)
+    data = SimpleNamespace(info=info, normalize=payload["normalize"], table=SimpleNamespace(case_ids=None),
+                           class_counts=lambda: [np.ones(t.num_classes) for t in tasks], vectorizer=vec,
+                           inference_payload=payload)
+    module = build_module(cfg, data, pretrained=False)   # the checkpoint has the weights
+    module.load_state_dict(state["state_dict"])
+    module.case_ids = None
+    module = module.to(device).eval()
+    weights = _searched_weights(run_dir, ckpt)
+    notes = []
+    if weights is None and payload.get("search") and run_dir is None:
+        notes.append(f"the run reports a searched weighting of its branches, which lives in its metrics.json, not "
+                     f"in the checkpoint; predicting its '{payload['report']}' output (pass the run directory to "
+                     f"use the searched weights)")
+    return Predictor(module, payload, ckpt, vec, "searched" if weights else payload["report"], weights, notes)
+
+
+def _payload_from_run(ckpt: Path, run_dir: Path | None) -> dict:
+    """A checkpoint written before checkpoints carried the payload: rebuilt from its run (config + dataset)."""
+    if run_dir is None:
+        raise ConfigError(f"{ckpt}: the checkpoint carries no inference payload (written by an older version); pass "
+                          "the run directory it belongs to, with its dataset reachable, to rebuild it")
+    from skinlesion.run import Run
+    from skinlesion.train import build_module
+
+    run = Run(run_dir)
+    module = build_module(run.cfg, run.datamodule(), pretrained=False)
+    return inference_payload(run.cfg, run.datamodule(), module)
+
+
+# ---------------------------------------------------------------------------------------------- cases
+@dataclass
+class _Cases:
+    ids: list[str]
+    lines: list[int | None]                      # CSV line of each case (None: one case per image)
+    images: dict[str, list[Path | None]]         # per image key, the file of each case (None: not given)
+    frame: pd.DataFrame | None                   # the metadata rows (CSV columns)
+    source: str                                  # for error messages: the CSV, or "--images"
+    missing: list[dict[str, str]]                # per case, input -> why it is missing
+    notes: list[list[str]]
+
+
+def _collect_images(images: Sequence[str | Path]) -> list[tuple[Path, str, bool]]:
+    """(file, key relative to the given directory or its name, named explicitly) for every given file and image
+    under a given directory."""
+    found: list[tuple[Path, str, bool]] = []
+    for arg in images:
+        p = Path(arg).expanduser()
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise DataError(f"--images {arg}: the directory holds no image files ({sorted(IMAGE_SUFFIXES)})")
+            found += [(f, f.relative_to(p).as_posix(), False) for f in files]
+        elif p.is_file():
+            found.append((p, p.name, True))
+        else:
+            raise DataError(f"--images {arg}: no such file or directory")
+    unique: dict[Path, tuple[Path, str, bool]] = {}
+    for f, rel, named in found:   # a file given twice (itself and through its directory) counts once
+        first = unique.setdefault(f.resolve(), (f, rel, named))
+        if named and not first[2]:
+            unique[f.resolve()] = (first[0], first[1], True)
+    return list(unique.values())
+
+
+def _case_id_of_file(dataset: str, rel: str) -> str:
+    """What the dataset's id column holds for an image file (PAD: file name; ISIC: stem; derm7pt: relative path)."""
+    if dataset == "isic2019":
+        return Path(rel).stem
+    return Path(rel).name if dataset == "pad_ufes" else rel
+
+
+def _matcher(dataset: str, files: list[tuple[Path, str, bool]]):
+    by_rel: dict[str, list[Path]] = {}
+    by_name: dict[str, list[Path]] = {}
+    for f, rel, _ in files:
+        by_rel.setdefault(rel, []).append(f)
+        by_name.setdefault(f.stem if dataset == "isic2019" else f.name, []).append(f)
+
+    def match(value: str) -> list[Path]:
+        value = value.strip().replace("\\", "/")
+        if value in by_rel:
+            return by_rel[value]
+        return by_name.get(Path(value).stem if dataset == "isic2019" else Path(value).name, [])
+    return match
+
+
+def _read_metadata(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"--metadata {path}: no such file")
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
+        raise DataError(f"{path}: cannot be parsed as CSV ({e})") from None
+
+
+def _cases_from_csv(pred: Predictor, csv: Path, files: list[tuple[Path, str, bool]]) -> _Cases:
+    from skinlesion.data.metadata import _norm_value
+
+    dataset, keys = pred.dataset, pred.payload["image_keys"]
+    df = _read_metadata(csv)
+    id_cols = IMAGE_ID_COLUMNS[dataset]
+    absent = [id_cols[k] for k in keys if id_cols[k] not in df.columns]
+    if absent:
+        raise DataError(f"{csv}, line 1 (header): no column {absent}; the {dataset} model reads image(s) {keys}, "
+                        f"matched to rows by the dataset's column(s) {[id_cols[k] for k in keys]}")
+    n = len(df)
+    lines = [int(i) + 2 for i in range(n)]
+    id_col = CASE_ID_COLUMNS[dataset]
+    ids = ([str(_norm_value(v)) for v in df[id_col]] if id_col in df.columns
+           else [f"line {line}" for line in lines])
+    match = _matcher(dataset, files)
+    images: dict[str, list[Path | None]] = {k: [None] * n for k in keys}
+    missing: list[dict[str, str]] = [{} for _ in range(n)]
+    used: set[Path] = set()
+    for k in keys:
+        col = id_cols[k]
+        for r, v in enumerate(df[col].tolist()):
+            value = _norm_value(v)
+            if value is None:
+                missing[r][k] = f"empty '{col}'"
+                continue
+            hits = sorted(set(match(value)))
+            if len(hits) > 1:
+                raise DataError(f"{csv}, line {lines[r]}, column '{col}': {value!r} matches several files "
+                                f"{[str(h) for h in hits]}; give one of them")
+            if not hits:
+                missing[r][k] = f"{col} {value!r} not among --images"
+                continue
+            images[k][r] = hits[0]
+            used.add(hits[0])
+    # a file named on the command line must be predicted; other images in a given directory may be left over
+    unmatched = [f for f, _, named in files if named and f not in used]
+    if unmatched:
+        raise DataError(f"--images {unmatched[0]}: matches no row of {csv} (column(s) "
+                        f"{[id_cols[k] for k in keys]}; {len(unmatched)} named image(s) unmatched); every image "
+                        "file given by name must be named by its case's row")
+    return _Cases(ids, lines, images, df, str(csv), missing, [[] for _ in range(n)])
+
+
+def _cases_from_images(pred: Predictor, files: list[tuple[Path, str, bool]]) -> _Cases:
+    keys = pred.payload["image_keys"]
+    if len(keys) != 1:
+        id_cols = IMAGE_ID_COLUMNS[pred.dataset]
+        raise ConfigError(f"the model reads {len(keys)} images per case ({keys}): pass --metadata with the "
+                          f"{pred.dataset} CSV whose column(s) {[id_cols[k] for k in keys]} pair them")
+    if not files:
+        raise ConfigError("nothing to predict: pass --images (files or directories) and/or --metadata CSV")
+    ids = [_case_id_of_file(pred.dataset, rel) for _, rel, _ in files]
+    return _Cases(ids, [None] * len(files), {keys[0]: [f for f, _, _ in files]}, None, "--images",
+                  [{} for _ in files], [[] for _ in files])
+
+
+def _encode_metadata(pred: Predictor, cases: _Cases) -> np.ndarray:
+    """The metadata matrix of the cases, with what is missing recorded per case (meta -> which fields)."""
+    from skinlesion.data.metadata import _norm_value
+
+    vec = pred.vectorizer
+    n = len(cases.ids)
+    if vec is None:
+        return np.zeros((n, 0), dtype=np.float32)
+    if cases.frame is None:
+        for m in cases.missing:
+            m[META] = "no --metadata"
+        return np.zeros((n, vec.dim), dtype=np.float32)
+    df = cases.frame.copy()
+    vec.source = cases.source   # errors name the user's CSV
+    absent = [f for f in vec.field_names if f not in df.columns]
+    empty_ok = vec.empty_in_fit or {}
+    for r in range(n):
+        row = df.iloc[r]
+        empty = [f for f in vec.field_names if f not in absent and _norm_value(row[f]) is None
+                 and not empty_ok.get(f)]
+        if absent or empty:
+            parts = ([f"no column {absent}"] if absent else []) + ([f"empty {empty}"] if empty else [])
+            cases.missing[r][META] = "; ".join(parts)
+        for f in vec.fields:
+            v = None if f.numeric or f.name in absent else _norm_value(row[f.name])
+            if v is not None and v not in f.vocab:
+                cases.notes[r].append(f"{f.name}={v!r} outside the training vocabulary: encoded as all zeros")
+    for f in absent:
+        df[f] = None   # encoded as empty; the branches that read the metadata are not used for these cases
+    # an unseen category warns (UnseenCategoryWarning, naming the user's CSV) and encodes as zeros, as in training
+    return vec.transform(df)
+
+
+# ---------------------------------------------------------------------------------------------- running
+class _CaseDataset:
+    """Images (eval transform: the run's resize only) and metadata of the cases, in the batch layout."""
+
+    def __init__(self, pred: Predictor, cases: _Cases, meta: np.ndarray):
+        import torch
+
+        from skinlesion.data.transforms import resize
+
+        self.cases, self.size = cases, int(pred.payload["image_size"])
+        self.pre = pred.payload.get("pre_resize")
+        self.resize = resize(self.size)
+        self.meta = torch.from_numpy(meta.astype(np.float32))
+
+    def __len__(self) -> int:
+        return len(self.cases.ids)
+
+    def _where(self, i: int) -> str:
+        c = self.cases
+        return f" (case {c.ids[i]}" + (f", {Path(c.source).name} line {c.lines[i]})" if c.lines[i] else ")")
+
+    def _image(self, path: Path | None, i: int):
+        import torch
+        from PIL import Image
+
+        from skinlesion.data.images import load_rgb
+        from skinlesion.data.transforms import to_tensor
+
+        if path is None:   # a missing modality: a blank stand-in; the branches that read it are not used
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8)
+        img = load_rgb(path, self._where(i))
+        if self.pre:   # as the run's image cache made its copies (skinlesion.data.images.ImageCache)
+            img = np.array(Image.fromarray(img).resize((self.pre, self.pre), Image.Resampling.BILINEAR))
+        return to_tensor(self.resize(image=img)["image"])
+
+    def __getitem__(self, i: int) -> dict:
+        return {"images": {k: self._image(v[i], i) for k, v in self.cases.images.items()}, "meta": self.meta[i]}
+
+
+def _check_images(cases: _Cases) -> None:
+    """Every given image must open (header and end checked), before any is run through the model."""
+    from skinlesion.data.images import header_problem
+
+    for k, paths in cases.images.items():
+        for i, p in enumerate(paths):
+            problem = None if p is None else header_problem(p)
+            if problem is not None:
+                where = f"case {cases.ids[i]}" + (f", {Path(cases.source).name} line {cases.lines[i]}"
+                                                  if cases.lines[i] else "")
+                raise DataError(f"{p}: cannot read the {k} image ({where}): {problem}")
+
+
+def _autocast(precision, device: str):
+    """The run's mixed precision on a GPU (bf16-mixed, 16-mixed); float32 otherwise."""
+    import contextlib
+
+    import torch
+
+    precision = str(precision or "")
+    if device.startswith("cuda") and precision.startswith("bf16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    if device.startswith("cuda") and precision.startswith("16"):
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def _branch_outputs(pred: Predictor, data: _CaseDataset, device: str, batch_size: int, tta) -> tuple[dict, dict]:
+    """Per branch and task, the TTA-averaged probabilities and logits of every case (module.tta_outputs)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from skinlesion.data.transforms import tta_views
+
+    module = pred.module
+    module.eval_views = tta_views(tta) if tta is not None else tuple(pred.payload["tta"])
+    precision = (pred.payload["config"].get("trainer") or {}).get("precision")
+    probs: dict = {}
+    logits: dict = {}
+    with torch.inference_mode(), _autocast(precision, device):
+        for batch in DataLoader(data, batch_size=batch_size, shuffle=False):
+            batch = module.transfer_batch_to_device(batch, torch.device(device), 0)
+            batch = module.on_after_batch_transfer(batch, 0)
+            p, z, _ = module.tta_outputs(batch)
+            for acc, part in ((probs, p), (logits, z)):
+                for b, per_task in part.items():
+                    for t, v in per_task.items():
+                        acc.setdefault(b, {}).setdefault(t, []).append(v.float().cpu())
+    cat = lambda d: {b: {t: torch.cat(v) for t, v in per_task.items()} for b, per_task in d.items()}  # noqa: E731
+    return cat(probs), cat(logits)
+
+
+def _output_name(branches: list[str]) -> str:
+    return branches[0] if len(branches) == 1 else f"mean({','.join(branches)})"
+
+
+def predict(checkpoint: str | Path | Predictor, images: Sequence[str | Path] = (), metadata: str | Path | None = None,
+            tta: str | None = None, device: str | None = None, batch_size: int = 32,
+            branches: bool = False) -> pd.DataFrame:
+    """One row per case (see the module docstring for the input convention): ``case_id``, the image file of each
+    modality (``image/<key>``), ``prob/output/<task>/<class>`` and ``pred/<task>`` (the predicted class name),
+    ``output`` (which output produced them), ``missing`` (inputs the case lacks) and ``notes``. ``branches`` adds
+    every branch's probabilities (``prob/<branch>/<task>/<class>``; empty where the branch needs a missing input).
+    ``tta`` overrides the run's test-time views (none, flips, six)."""
+    import torch
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    files = _collect_images(images)   # a bad path fails before the model is loaded
+    pred = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device)
+    pred.module.to(device)
+    for note in pred.notes:
+        log.warning("%s", note)
+    if metadata is not None:
+        cases = _cases_from_csv(pred, Path(metadata), files)
+    elif not pred.payload["image_keys"]:
+        raise ConfigError("the model reads metadata only: pass --metadata with the dataset's CSV")
+    else:
+        cases = _cases_from_images(pred, files)
+    meta = _encode_metadata(pred, cases)
+    plan = _plan(pred, cases)
+    _check_images(cases)
+    probs, logits = _branch_outputs(pred, _CaseDataset(pred, cases, meta), device, batch_size, tta)
+    return _frame(pred, cases, plan, probs, logits, branches)
+
+
+def _plan(pred: Predictor, cases: _Cases) -> list[list[str] | None]:
+    """Per case, the branches to combine (None: all inputs present, the reported output); fails for a case that no
+    branch can predict."""
+    inputs = pred.branch_inputs
+
+    def usable(miss: dict) -> list[str]:
+        return [b for b, need in inputs.items() if not set(need) & set(miss)]
+
+    plan: list[list[str] | None] = [usable(m) if m else None for m in cases.missing]
+    bad = [i for i, u in enumerate(plan) if u == []]
+    if bad:
+        i = bad[0]
+        where = (f"{cases.source}, line {cases.lines[i]} (case {cases.ids[i]})" if cases.lines[i]
+                 else f"{cases.source} case {cases.ids[i]}")
+        what = "; ".join(f"{k}: {why}" for k, why in cases.missing[i].items())
+        fields = (f" (metadata fields {pred.vectorizer.field_names})"
+                  if META in cases.missing[i] and pred.vectorizer is not None else "")
+        raise DataError(f"{where}: missing input ({what}); every output of this model needs "
+                        f"{sorted({x for need in inputs.values() for x in need})}{fields} (branches: "
+                        f"{ {b: list(need) for b, need in inputs.items()} }); {len(bad)} case(s) affected")
+    return plan
+
+
+def _frame(pred: Predictor, cases: _Cases, plan, probs: dict, logits: dict, with_branches: bool) -> pd.DataFrame:
+    module, tasks = pred.module, pred.payload["tasks"]
+    n = len(cases.ids)
+    out = {t: np.zeros((n, len(cls))) for t, cls in tasks.items()}
+    names: list[str] = [""] * n
+    groups: dict[tuple | None, list[int]] = {}
+    for i, usable in enumerate(plan):
+        groups.setdefault(None if usable is None else tuple(usable), []).append(i)
+    for usable, rows in groups.items():
+        p = {b: {t: v[rows] for t, v in per_task.items()} for b, per_task in probs.items()}
+        z = {b: {t: v[rows] for t, v in per_task.items()} for b, per_task in logits.items()}
+        if usable is None and pred.weights:
+            total = sum(pred.weights.values())
+            combined = {t: sum(w / total * p[b][t].double() for b, w in pred.weights.items()) for t in tasks}
+            name = pred.output
+        elif usable is None:
+            combined, name = module.combined_probs(p, z, pred.output), pred.output
+        else:   # the mean of the usable branches' probabilities, as the 'all' output
+            combined = module.combined_probs({b: p[b] for b in usable}, {b: z[b] for b in usable}, "all")
+            name = _output_name(list(usable))
+        for t in tasks:
+            out[t][rows] = combined[t].double().numpy()
+        for i in rows:
+            names[i] = name
+    cols: dict = {"case_id": cases.ids}
+    for k, paths in cases.images.items():
+        cols[f"image/{k}"] = [None if p is None else str(p) for p in paths]
+    for t, cls in tasks.items():
+        for j, c in enumerate(cls):
+            cols[f"prob/{OUTPUT}/{t}/{c}"] = out[t][:, j]
+    for t, cls in tasks.items():
+        cols[f"pred/{t}"] = [cls[j] for j in out[t].argmax(1)]
+    cols["output"] = names
+    cols["missing"] = ["; ".join(f"{k} ({why})" for k, why in m.items()) for m in cases.missing]
+    cols["notes"] = ["; ".join(x) for x in cases.notes]
+    if with_branches:
+        for b, per_task in probs.items():
+            ok = np.array([u is None or b in u for u in plan])
+            for t, cls in tasks.items():
+                v = per_task[t].double().numpy()
+                for j, c in enumerate(cls):
+                    cols[f"prob/{b}/{t}/{c}"] = np.where(ok, v[:, j], np.nan)
+    return pd.DataFrame(cols)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def write(frame: pd.DataFrame, out: str | Path | None) -> None:
+    """``.csv`` or ``.parquet`` by suffix; None: CSV on standard output."""
+    if out is None:
+        frame.to_csv(sys.stdout, index=False)
+        return
+    from skinlesion.provenance import write_csv, write_parquet
+
+    out = Path(out)
+    if out.suffix == ".parquet":
+        write_parquet(out, frame)
+    elif out.suffix == ".csv":
+        write_csv(out, frame)
+    else:
+        raise ConfigError(f"--out {out}: expected a .csv or .parquet file name")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python predict.py", description="Predict new cases with a trained checkpoint (or run directory).",
+        epilog="With --metadata, one case per CSV row (the dataset's official columns); images are matched to rows "
+               "by the dataset's image-id column (PAD-UFES-20 img_id, ISIC-2019 image, derm7pt derm/clinic). "
+               "Without it (one-image models only), one case per image file.")
+    ap.add_argument("checkpoint", help="a .ckpt written by training, or a run directory (its evaluated checkpoint)")
+    ap.add_argument("--images", nargs="*", default=[], help="image files and/or directories (searched recursively)")
+    ap.add_argument("--metadata", default=None, help="CSV in the dataset's official layout")
+    ap.add_argument("--out", default=None, help="FILE.csv or FILE.parquet (default: CSV on standard output)")
+    ap.add_argument("--tta", choices=("none", "flips", "six"), default=None,
+                    help="test-time views (default: the run's own)")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--branches", action="store_true", help="also write every branch's probabilities")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        frame = predict(args.checkpoint, args.images, args.metadata, tta=args.tta, device=args.device,
+                        batch_size=args.batch_size, branches=args.branches)
+        write(frame, args.out)
+    except SkinLesionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.out is not None:
+        fallback = int((frame["missing"] != "").sum())
+        print(f"{len(frame)} case(s) -> {args.out}" + (f" ({fallback} predicted without a missing input; see the "
+                                                       "'output' and 'missing' columns)" if fallback else ""),
+              file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

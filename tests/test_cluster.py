@@ -1,0 +1,224 @@
+"""Cluster scale on CPU: local sweeps on a pool of (simulated) GPUs, DDP inside sweeps, the SLURM launcher's
+resources, and a preempted job requeued by submitit that resumes where it stopped."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import re
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from skinlesion.launch import GpuSlots, concurrent_jobs, devices_per_job
+from skinlesion.testing import (
+    TINY,
+    compose_cfg,
+    epochs_logged,
+    final_scores,
+    four_epochs,
+    python,
+    run_record,
+    signal_at_epoch_2,
+    train,
+)
+
+QUICK = [*TINY, "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "tta=none"]
+
+
+def _sweep(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = python("train.py", "-m", *args, timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return proc
+
+
+def _intervals(runs: list[Path]) -> list[tuple[float, float, str]]:
+    out = []
+    for run in runs:
+        attempt = run_record(run)["attempts"][-1]
+        gpus = json.loads((run / "environment.json").read_text())["cuda_visible_devices"]
+        out.append((datetime.fromisoformat(attempt["started"]).timestamp(),
+                    datetime.fromisoformat(attempt["finished"]).timestamp(), gpus))
+    return out
+
+
+# --- 1. local sweeps on a GPU pool ----------------------------------------------------------------------------
+
+def _hold(lock_dir, pool, need, hold_s, queue):
+    with GpuSlots(lock_dir, pool).hold(need, poll_s=0.02) as gpus:
+        start = time.monotonic()
+        time.sleep(hold_s)
+        queue.put((start, time.monotonic(), tuple(gpus)))
+
+
+@pytest.mark.parametrize("pool,need,jobs", [(["0", "1", "2"], 1, 7), (["0", "1", "2", "3"], 2, 5)])
+def test_gpu_slots_never_share_a_gpu_and_cap_concurrency(tmp_path, pool, need, jobs):
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_hold, args=(tmp_path, pool, need, 0.3, queue)) for _ in range(jobs)]
+    for p in procs:
+        p.start()
+    spans = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    assert all(len(set(g)) == need and set(g) <= set(pool) for _, _, g in spans)
+    for i, (s1, e1, g1) in enumerate(spans):
+        overlapping = [g for j, (s2, e2, g) in enumerate(spans) if j != i and s2 < e1 and s1 < e2]
+        assert all(not set(g1) & set(g) for g in overlapping)          # concurrent jobs hold distinct GPUs
+    # as many jobs at once as the pool holds, never more
+    assert max(sum(1 for s, e, _ in spans if s <= t < e) for t, _, _ in spans) == len(pool) // need
+
+
+def test_concurrency_follows_the_pool_and_the_devices_per_job():
+    assert concurrent_jobs([0, 1, 2, 3], 1) == 4
+    assert concurrent_jobs([0, 1, 2, 3], 2) == 2
+    assert concurrent_jobs(["0", "1", "2"], 2) == 1
+    assert concurrent_jobs([0, 1], "auto") == 1
+    assert devices_per_job([0, 3]) == 2 and devices_per_job(-1) is None
+    with pytest.raises(Exception, match="each job needs 4 GPUs, but gpu_pool has 2"):
+        concurrent_jobs([0, 1], 4)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_local_gpus_sweep_runs_each_job_on_its_own_gpus(pad_root, tmp_path):
+    """Three jobs on a simulated pool of two GPUs: at most two at a time, never two on one GPU."""
+    sweep = tmp_path / "sweep"
+    _sweep(["launcher=local_gpus", "gpu_pool=[0,1]", f"data.root={pad_root}", *QUICK, "data.fold=0,1,2",
+            f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path}/cache"])
+    runs = [sweep / str(i) for i in range(3)]
+    assert all(run_record(r)["status"] == "completed" for r in runs)
+    spans = _intervals(runs)
+    assert all(g in ("0", "1") for _, _, g in spans)
+    overlaps = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:] if a[0] < b[1] and b[0] < a[1]]
+    assert overlaps, "two jobs should have run at the same time"
+    assert all(a[2] != b[2] for a, b in overlaps)
+    assert max(sum(1 for s, e, _ in spans if s <= t < e) for t, _, _ in spans) <= 2
+
+
+# --- 2. DDP inside sweeps; SLURM resources ----------------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_ddp_inside_a_sweep_runs_each_point_once(pad_root, tmp_path):
+    sweep, stray = tmp_path / "sweep", tmp_path / "stray"
+    quick = [o for o in QUICK if o != "trainer=cpu"]                  # the trainer preset under test is ddp
+    _sweep(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+            "trainer.sync_batchnorm=false", f"data.root={pad_root}", *quick, "data.fold=0,1",
+            f"hydra.sweep.dir={sweep}", f"hydra.run.dir={stray}", f"paths.cache_dir={tmp_path}/cache"])
+    assert sorted(p.name for p in sweep.iterdir() if not p.name.startswith(".")) == ["0", "1", "multirun.yaml"]
+    assert not stray.exists()
+    for job in ("0", "1"):
+        record = run_record(sweep / job)
+        assert record["status"] == "completed" and record["world_size"] == 2
+        ranks = re.findall(r"job .*: rank (\d+), pid \d+", (sweep / job / "train.log").read_text())
+        assert sorted(ranks) == ["0", "1"]                    # each rank ran this job once, and nothing else
+        folds = pd.read_csv(sweep / job / "folds.csv")
+        assert len(pd.read_parquet(sweep / job / "predictions" / "test.parquet")) == (folds.partition == "test").sum()
+
+
+def test_jobs_that_start_ranks_run_as_a_process_of_their_own(monkeypatch):
+    """The decision behind DDP inside sweeps (the slow test above runs it): a job whose trainer launches ranks by
+    re-running the command line gets a command line of its own; ranks a cluster started do not."""
+    from skinlesion.launch import _starts_processes
+
+    for var in ("SLURM_NTASKS", "SLURM_JOB_NAME", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    ddp = OmegaConf.create({"strategy": "ddp", "devices": 2, "num_nodes": 1})
+    assert _starts_processes(ddp)
+    assert _starts_processes(OmegaConf.create({"strategy": "auto", "devices": 4}))
+    assert not _starts_processes(OmegaConf.create({"strategy": "auto", "devices": 1}))
+    assert not _starts_processes(OmegaConf.create({"strategy": "ddp_spawn", "devices": 2}))
+    monkeypatch.setenv("LOCAL_RANK", "1")                     # a rank Lightning started: runs in place
+    assert not _starts_processes(ddp)
+
+
+def test_a_requeued_attempt_is_recorded_and_the_next_one_resumes(pad_root, tmp_path, monkeypatch):
+    """The run lifecycle of a requeue, in process (the slow test drives it through submitit's own signal handling):
+    submitit ends the preempted attempt with SystemExit once it has requeued the job; the run says so, and the
+    next attempt continues from the last checkpoint."""
+    from skinlesion.module import MultiTaskModule
+
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    fired = []
+
+    def preempted(self):
+        if self.current_epoch == 2 and not fired:
+            fired.append(True)
+            raise SystemExit(-1)
+
+    monkeypatch.setattr(MultiTaskModule, "on_train_epoch_start", preempted, raising=False)
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        train(four_epochs(pad_root, tmp_path / "cache"), run, tiny=False)
+    record = run_record(run)
+    assert record["status"] == "requeued" and record["interrupted_at"]["epoch"] == 2
+    train(four_epochs(pad_root, tmp_path / "cache"), run, tiny=False)
+    record = run_record(run)
+    assert record["status"] == "completed"
+    first, second = record["attempts"]
+    assert first["outcome"] == "requeued" and second["resumed_from"]["epochs_done"] == 2
+    assert epochs_logged(run) == [0, 1, 2, 3]
+
+
+def test_slurm_launcher_takes_tasks_and_gpus_from_the_trainer(tmp_path, monkeypatch):
+    import submitit
+
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\n")   # submitit checks that it is on a SLURM host
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{__import__('os').environ['PATH']}")
+    cfg = compose_cfg(["launcher=slurm", "trainer.devices=4", "trainer.num_nodes=2", "hydra.launcher.partition=gpu",
+                       "hydra.launcher.timeout_min=720"], tmp_path, with_hydra=True)
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+    assert launcher.max_num_timeout >= 1
+    executor = submitit.SlurmExecutor(folder=tmp_path / "submitit", max_num_timeout=launcher.max_num_timeout)
+    executor.update_parameters(nodes=launcher.nodes, ntasks_per_node=launcher.tasks_per_node,
+                               gpus_per_node=launcher.gpus_per_node, partition=launcher.partition,
+                               time=launcher.timeout_min, signal_delay_s=launcher.signal_delay_s)
+    script = executor._make_submission_file_text("python train.py", "uid")
+    for line in ("--nodes=2", "--ntasks-per-node=4", "--gpus-per-node=4", "--partition=gpu", "--time=720",
+                 "--signal=USR2@120", "--open-mode=append"):
+        assert line in script
+    auto = compose_cfg(["launcher=slurm", "trainer.devices=auto"], tmp_path, with_hydra=True)
+    with pytest.raises(Exception, match="needs a number of devices"):
+        OmegaConf.to_container(auto.hydra.launcher, resolve=True)
+
+
+def test_lightning_leaves_the_slurm_signal_to_submitit(monkeypatch):
+    from skinlesion.train import _cluster_plugins
+
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    plugins = _cluster_plugins()
+    assert len(plugins) == 1 and plugins[0].auto_requeue is False
+    monkeypatch.delenv("SLURM_NTASKS")
+    assert _cluster_plugins() == []
+
+
+# --- 4. preemption -> submitit requeue -> resume -------------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_preempted_job_is_requeued_and_resumes(pad_root, tmp_path, uninterrupted):
+    """submitit's local executor; the job signals itself (SIGUSR2, the preemption/timeout notice) when its third
+    epoch starts. submitit checkpoints the job, requeues it, and the new attempt resumes from epoch 2."""
+    sweep = tmp_path / "sweep"
+    _sweep(["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=20", *four_epochs(pad_root, tmp_path / "c"),
+            *signal_at_epoch_2("SIGUSR2", tmp_path / "preempted-once"), f"hydra.sweep.dir={sweep}"])
+    run = sweep / "0"
+    record = run_record(run)
+    assert record["status"] == "completed"
+    first, second = record["attempts"]
+    assert first["outcome"] == "requeued" and first["interrupted_at"]["epoch"] == 2
+    assert second["resumed_from"]["epochs_done"] == 2 and second["outcome"] == "completed"
+    logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))   # submitit's own log lines
+    assert "this job is preempted" in logs and "Requeued job" in logs
+    assert final_scores(run) == final_scores(uninterrupted)
+    assert epochs_logged(run) == [0, 1, 2, 3]
