@@ -21,12 +21,14 @@ $(DEMO_DATA)/metadata.csv: | $(VENV)/.installed
 demo: $(VENV)/.installed $(DEMO_DATA)/metadata.csv
 	$(PY) train.py experiment=demo
 
-# Fast suite (a few minutes on 2 cores); `make test-all` adds the runs marked slow.
+# Fast suite (under 5 minutes on 2 cores); `make test-all` adds the runs marked slow. Two test workers, one per
+# core; a test module stays on one worker, so its shared fixtures are built once.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 test-all: $(VENV)/.installed
-	$(PY) -m pytest -q -m "" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "" -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_throughput.py

@@ -198,6 +198,7 @@ SCHEMA: dict[str, Field] = {
     "class_weighted": _f("bool", required=True),
     "save_features": BOOL,
     "ckpt_path": _f("str", none=True),
+    "resume": _f("choice", choices=("auto", "never")),
     "gpu_pool": _f("gpus", none=True),
     "data.dataset": _f("choice", choices=("pad_ufes", "isic2019", "derm7pt"), required=True),
     "data.fold": INT0,

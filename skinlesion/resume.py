@@ -8,7 +8,8 @@ A run directory is the unit of work: running a job whose directory already holds
   learning-rate schedule, early-stopping counter, best checkpoint, weight averaging and random states included;
 - nothing of the above starts afresh.
 
-``ckpt_path=FILE`` resumes from an explicit checkpoint instead. Either way the directory's saved ``config.yaml`` must
+``resume=never`` trains afresh whatever the directory holds (its checkpoints are removed first, so that a later
+rerun cannot continue from them); ``ckpt_path=FILE`` resumes from an explicit checkpoint instead. Either way the directory's saved ``config.yaml`` must
 describe the same experiment: only the settings in :data:`RUNTIME_KEYS` (workers, progress bars, loggers, ...) may
 differ, so a rerun with another learning rate cannot silently continue an old run.
 """
@@ -35,7 +36,7 @@ from skinlesion.provenance import write_csv
 log = logging.getLogger(__name__)
 
 # Settings that say how a job runs, not what it computes: they may change between the attempts of one run.
-RUNTIME_KEYS = ("ckpt_path", "gpu_pool", "tags", "paths", "logger", "callbacks.progress_bar", "hydra",
+RUNTIME_KEYS = ("ckpt_path", "resume", "gpu_pool", "tags", "paths", "logger", "callbacks.progress_bar", "hydra",
                 "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.progress", "data.cache",
                 "data.eval_batch_size", "data.root", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
                 "trainer.enable_model_summary")
@@ -48,6 +49,7 @@ class ResumePlan:
     action: str
     checkpoint: Path | None = None
     epoch: int | None = None   # the last completed epoch (0-based) of the checkpoint
+    fresh: bool = False        # resume=never: whatever the directory holds is replaced, not continued
 
 
 def _flatten(node, prefix: str = "") -> dict[str, object]:
@@ -82,6 +84,8 @@ def checkpoint_epoch(path: Path) -> int:
 def plan(cfg: DictConfig, out: Path) -> ResumePlan:
     """Decide, before anything is written, whether the job in ``out`` is new, done, or continues."""
     explicit = cfg.get("ckpt_path")
+    if cfg.get("resume", "auto") == "never" and explicit is None:
+        return ResumePlan("new", fresh=True)
     saved_cfg = out / "config.yaml"
     record = out / "run.json"
     status = json.loads(record.read_text()).get("status") if record.is_file() else None
@@ -124,6 +128,22 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+OUTPUTS = ("run.json", "metrics.json", "checkpoints", "predictions", "search", "csv")
+
+
+def clear_outputs(out: Path) -> None:
+    """``resume=never`` in a used directory: remove the earlier run's outputs, so that nothing of it is mixed into
+    the new run and a later rerun cannot continue from its checkpoints."""
+    import shutil
+
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _results_in_place(out: Path) -> bool:

@@ -56,8 +56,80 @@ def train(overrides: list[str], out: Path, tiny: bool = True) -> Path:
     return out
 
 
+def sweep(overrides: list[str]) -> None:
+    """``python train.py -m OVERRIDES`` in this process (Hydra's basic launcher runs the jobs one after another
+    here), without the seconds a fresh interpreter spends importing torch and Lightning. The logging set-up that
+    Hydra installs for its jobs is undone afterwards."""
+    import logging
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    from skinlesion.train import main
+
+    root = logging.getLogger()
+    saved = sys.argv, root.handlers[:], root.level
+    sys.argv = ["train.py", "-m", *overrides]
+    try:
+        main()
+    finally:
+        sys.argv = saved[0]
+        for handler in root.handlers[:]:
+            if handler not in saved[1]:
+                root.removeHandler(handler)
+                handler.close()
+        root.handlers[:] = saved[1]
+        root.setLevel(saved[2])
+        GlobalHydra.instance().clear()
+
+
+def unequal_pairs(derm7pt_root: Path) -> set[str]:
+    """``case_num`` of the derm7pt cases whose clinical and dermoscopic files differ in size."""
+    import pandas as pd
+    from PIL import Image
+
+    def size(rel: str) -> tuple[int, int]:
+        with Image.open(derm7pt_root / "images" / rel) as im:
+            return im.size
+
+    df = pd.read_csv(derm7pt_root / "meta" / "meta.csv")
+    return {str(n) for n, c, d in zip(df["case_num"], df["clinic"], df["derm"]) if size(c) != size(d)}
+
+
+def fit_one_batch(overrides: list[str], out: Path, tiny: bool = True):
+    """A preset's wiring from config to predictions — DataModule, network, loss, optimiser step, evaluation — on one
+    training, one validation and one test batch (Lightning's ``fast_dev_run``): what every preset must get right,
+    without a whole run's epochs, checkpoints and files. Returns the module, whose ``predictions`` hold the test
+    batch in the saved predictions' schema."""
+    import lightning as L
+
+    from skinlesion.config import validate_config
+    from skinlesion.train import build_module, prepare_data
+
+    cfg = compose_cfg([*(TINY if tiny else []), *overrides], out)
+    validate_config(cfg)
+    L.seed_everything(cfg.seed)
+    dm = prepare_data(cfg)
+    module = build_module(cfg, dm, pretrained=False)
+    trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False)
+    trainer.fit(module, datamodule=dm)
+    trainer.test(module, dataloaders=dm.eval_dataloader("test"), verbose=False)
+    return module
+
+
 def run_record(run_dir: Path) -> dict:
     return json.loads((run_dir / "run.json").read_text())
+
+
+# FusionM4Net on tiny settings (two training batches per epoch, a coarse stage-2 grid); the shared run of the tests
+# uses the image cache and two loader workers, the others neither
+FUSIONM4NET_FAST = [*TINY, "trainer.limit_train_batches=2", "stage2.grid_n=10"]
+FUSIONM4NET_CACHED = ["data.cache.enabled=true", "data.cache.size=40", "data.num_workers=2"]
+
+
+def fusionm4net_cfg(root: Path, out: Path, *extra: str):
+    """The config ``python fusionm4net.py data.root=ROOT`` + the fast settings + ``extra`` would run in ``out``."""
+    return compose_cfg([f"data.root={root}", *FUSIONM4NET_FAST, *extra], out, config_name="fusionm4net")
 
 
 def four_epochs(root: Path, cache: Path) -> list[str]:
@@ -134,5 +206,5 @@ def run_command(cmd: Sequence[str], timeout: float, **popen) -> subprocess.Compl
 
 
 def python(*args: str | Path, timeout: float, **popen) -> subprocess.CompletedProcess:
-    """``python ARGS`` with this interpreter, from the checkout (e.g. ``python("train.py", *overrides, timeout=300)``)."""
+    """``python ARGS`` with this interpreter, from the checkout (``python("train.py", *args, timeout=300)``)."""
     return run_command([sys.executable, *map(str, args)], timeout, **popen)

@@ -361,6 +361,8 @@ def execute(cfg: DictConfig) -> float | None:
     out.mkdir(parents=True, exist_ok=True)
     # DDP ranks > 0 re-run this job in the same directory: only rank 0 writes the run's bookkeeping.
     main_process = rank_zero_only.rank == 0
+    if plan.fresh and main_process:
+        resume.clear_outputs(out)
     attempts = json.loads((out / "run.json").read_text()).get("attempts", []) if (out / "run.json").is_file() else []
     attempt = {"started": datetime.now().isoformat(), "host": platform.node(), "pid": os.getpid()}
     # One line per process that runs this job (DDP: one per rank), so a job launched twice would show.

@@ -1,11 +1,18 @@
 """Session fixtures: generated datasets in the official layouts (helpers live in ``skinlesion.testing``)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from skinlesion.data.synthetic import generate
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one compute thread per test worker (and per command a test starts): the workers already share the cores
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +50,14 @@ def uninterrupted(pad_root, tmp_path_factory) -> Path:
     proc = run_command(cmd, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def fusionm4net_run(derm7pt_root, tmp_path_factory) -> tuple[Path, dict]:
+    """One FusionM4Net seed on generated derm7pt data (tiny settings, image cache on, two loader workers): its run
+    directory, with ``stage1/`` inside, and the stage-2 result. Tests that change it restore it."""
+    from skinlesion.fusionm4net.pipeline import run_pipeline
+    from skinlesion.testing import FUSIONM4NET_CACHED, fusionm4net_cfg
+
+    out = tmp_path_factory.mktemp("fm4")
+    return out, run_pipeline(fusionm4net_cfg(derm7pt_root, out, *FUSIONM4NET_CACHED))

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pandas as pd
@@ -12,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from skinlesion.evaluation import simulated_runs as S
 from skinlesion.evaluation.tables import ch5_thesis_row
 from skinlesion.report import main as report_main
-from skinlesion.testing import run_command
+from skinlesion.testing import sweep
 
 SWIN, MNV3, R50, CNX = ("swin_tiny_patch4_window7_224.ms_in1k", "mobilenetv3_small_100.lamb_in1k",
                         "resnet50.tv_in1k", "convnext_tiny.fb_in1k")
@@ -80,10 +79,8 @@ TINY_CLI = ["backbone=test_resnet", "backbone.pretrained=false", "structure.clin
 
 def test_a_real_table5_6_sweep_becomes_the_table(derm7pt_root, tmp_path):
     out = tmp_path / "table5_6"
-    cmd = [sys.executable, "train.py", "-m", "experiment=table5_6", "structure=aff", "block=cat,aab", "seed=0",
-           f"data.root={derm7pt_root}", *TINY_CLI, f"hydra.sweep.dir={out}"]
-    proc = run_command(cmd, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep(["experiment=table5_6", "structure=aff", "block=cat,aab", "seed=0", f"data.root={derm7pt_root}", *TINY_CLI,
+           f"hydra.sweep.dir={out}"])
     records = [json.loads((out / j / "run.json").read_text()) for j in ("0", "1")]
     assert [r["status"] for r in records] == ["completed", "completed"]
     assert sorted(r["method"] for r in records) == ["AFF-AAB", "AFF-CAT"]

@@ -16,7 +16,7 @@ from skinlesion.data.info import DataInfo
 from skinlesion.data.tasks import DERM7PT_TASKS
 from skinlesion.fusionm4net.pipeline import run_pipeline
 from skinlesion.models import build_network
-from skinlesion.testing import TINY, compose_cfg, run_record, train
+from skinlesion.testing import TINY, compose_cfg, fit_one_batch, run_record, train
 from skinlesion.train import CONFIG_DIR
 
 CONF = Path(CONFIG_DIR)
@@ -28,12 +28,20 @@ BASELINES = [("ch6_c", "C", {"image"}), ("ch6_d", "D", {"image"}), ("ch6_cd", "C
 
 
 @pytest.mark.parametrize("variant,method,branches", BASELINES, ids=[b[0] for b in BASELINES])
-def test_chapter6_baseline_trains_end_to_end(variant, method, branches, derm7pt_root, tmp_path):
-    run = train(["data=derm7pt", f"data.root={derm7pt_root}", f"+variant={variant}", "trainer.limit_train_batches=2"],
+def test_chapter6_baseline_fits_and_predicts_a_batch(variant, method, branches, derm7pt_root, tmp_path):
+    module = fit_one_batch(["data=derm7pt", f"data.root={derm7pt_root}", f"+variant={variant}"], tmp_path)
+    test = module.predictions
+    assert {c.split("/")[1] for c in test.columns if c.startswith("prob/")} == branches
+    assert {c.split("/")[2] for c in test.columns if c.startswith("prob/")} == {t.name for t in DERM7PT_TASKS}
+
+
+def test_chapter6_baseline_trains_end_to_end(derm7pt_root, tmp_path):
+    """One whole run (C-D-M); every baseline's wiring is checked on a batch above."""
+    run = train(["data=derm7pt", f"data.root={derm7pt_root}", "+variant=ch6_cdm", "trainer.limit_train_batches=2"],
                 tmp_path / "run")
     rec = run_record(run)
     assert rec["status"] == "completed", rec.get("error")
-    assert rec["method"] == method and set(rec["branches"]) == branches
+    assert rec["method"] == "C-D-M" and set(rec["branches"]) == {"fusion"}
     test = pd.read_parquet(run / "predictions" / "test.parquet")
     assert {c.split("/")[2] for c in test.columns if c.startswith("prob/")} == {t.name for t in DERM7PT_TASKS}
 

@@ -44,7 +44,8 @@ def test_a_zero_weight_branch_trains_under_ddp_as_on_one_device(derm7pt_root, tm
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert json.loads((run / "run.json").read_text())["world_size"] == (2 if name == "ddp" else 1)
         state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-        heads[name] = {k: v for k, v in state.items() if k.startswith("network.heads.")}
-    # its parameters (BatchNorm's running statistics are buffers, updated by the forward pass on each rank's data)
-    clinic = [k for k in heads["one"] if ".heads.clinic." in k and "running_" not in k and "num_batches" not in k]
+        heads[name] = {k: v for k, v in state.items() if "head" in k}
+    # the clinical head's parameters (BatchNorm's running statistics are buffers, updated by the forward pass on
+    # each rank's data)
+    clinic = [k for k in heads["one"] if "clinic" in k and "running_" not in k and "num_batches" not in k]
     assert clinic and all(torch.equal(heads["ddp"][k], heads["one"][k]) for k in clinic)

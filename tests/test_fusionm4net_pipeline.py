@@ -9,20 +9,25 @@ import pytest
 from skinlesion.data import derm7pt
 from skinlesion.errors import SkinLesionError
 from skinlesion.fusionm4net.pipeline import run_pipeline
-from skinlesion.testing import TINY, compose_cfg
+from skinlesion.testing import FUSIONM4NET_CACHED, FUSIONM4NET_FAST, compose_cfg, fusionm4net_cfg, unequal_pairs
 
-FAST = [*TINY, "trainer.limit_train_batches=2", "stage2.grid_n=10"]
-
-
-def _cfg(root, out, *extra):
-    return compose_cfg([f"data.root={root}", *FAST, *extra], out, config_name="fusionm4net")
+FAST = FUSIONM4NET_FAST
+_cfg = fusionm4net_cfg
 
 
-@pytest.fixture(scope="module")
-def pipeline(derm7pt_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("fm4")
-    result = run_pipeline(_cfg(derm7pt_root, out))
-    return out, result
+@pytest.fixture
+def pipeline(fusionm4net_run):
+    return fusionm4net_run
+
+
+def test_the_pipeline_runs_on_unequal_image_pairs(pipeline, derm7pt_root):
+    """Generated derm7pt pairs include images of unequal size, as the release does (tests/test_unequal_pairs.py)."""
+    out, _ = pipeline
+    unequal = unequal_pairs(derm7pt_root)
+    folds = pd.read_csv(out / "stage1" / "main" / "folds.csv")
+    assert unequal & set(folds.loc[folds["partition"] == "train", "case_id"].astype(str))
+    for part in ("val", "test"):
+        assert unequal & set(pd.read_parquet(out / "predictions" / f"{part}.parquet")["case_id"].astype(str))
 
 
 def test_presets_are_fusionnet_and_the_chapter6_recipe(derm7pt_root, tmp_path):
@@ -78,7 +83,7 @@ def test_rerun_skips_finished_stage1_runs(pipeline, derm7pt_root):
     out, _ = pipeline
     ckpts = {p: p.stat().st_mtime_ns for p in (out / "stage1").rglob("*.ckpt")}
     (out / "stage1" / "sub" / "predictions" / "holdout.parquet").unlink()   # the sub run is now unfinished
-    run_pipeline(_cfg(derm7pt_root, out))
+    run_pipeline(_cfg(derm7pt_root, out, *FUSIONM4NET_CACHED))
     main_after = {p: p.stat().st_mtime_ns for p in (out / "stage1" / "main").rglob("*.ckpt")}
     assert main_after == {p: t for p, t in ckpts.items() if "main" in p.parts}   # main untouched
     assert (out / "stage1" / "sub" / "predictions" / "holdout.parquet").is_file()  # sub redone

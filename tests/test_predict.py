@@ -254,7 +254,7 @@ def test_bad_images_are_errors_naming_the_file(jif_run, pad_root, tmp_path):
         predict(jif_run, [broken], csv, device="cpu")
 
 
-def test_cli_predicts_one_case_into_a_file(jif_run, pad_root, tmp_path):
+def test_cli_predicts_one_case_into_a_file(jif_run, pad_root, tmp_path, capsys):
     csv = _test_rows(jif_run, pad_root / "metadata.csv", "img_id", tmp_path / "test.csv")
     one = pd.read_csv(csv).iloc[:1]
     one.to_csv(tmp_path / "one.csv", index=False)
@@ -268,6 +268,7 @@ def test_cli_predicts_one_case_into_a_file(jif_run, pad_root, tmp_path):
     assert list(frame["case_id"]) == [one["img_id"][0]] and frame["output"][0] == "all"
     np.testing.assert_allclose(_probs(frame, "output", "diagnostic")[0],
                                combine(_saved(jif_run).loc[[one["img_id"][0]]], "all")["diagnostic"][0], atol=1e-5)
-    bad = python("predict.py", jif_run, "--images", "nowhere.png", timeout=300)
-    assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1] == ("error: --images nowhere.png: no such "
-                                                                           "file or directory")
+    from skinlesion.predict import main as predict_main   # the same entry point, in process
+
+    assert predict_main([str(jif_run), "--images", "nowhere.png"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --images nowhere.png: no such file or directory"

@@ -246,3 +246,14 @@ def test_a_chapter5_run_stopped_inside_its_weight_averaging_window_resumes_exact
         assert np.abs(a[probs].to_numpy() - b[probs].to_numpy()).max() < 1e-5
     fused = [pd.read_parquet(d / "search" / "test_fused.parquet") for d in (plain, tmp_path / "stopped")]
     assert np.abs(fused[0].filter(like="prob/").to_numpy() - fused[1].filter(like="prob/").to_numpy()).max() < 1e-5
+
+
+def test_resume_never_trains_afresh_in_a_used_directory(resumed_in_process, pad_root, tmp_path):
+    import shutil
+
+    run_dir = shutil.copytree(resumed_in_process[0], tmp_path / "again")   # a completed run
+    train([*four_epochs(pad_root, tmp_path / "cache"), "resume=never"], run_dir, tiny=False)
+    record = run_record(run_dir)
+    assert record["status"] == "completed" and len(record["attempts"]) == 1
+    assert "resumed_from" not in record["attempts"][0]
+    assert epochs_logged(run_dir) == [0, 1, 2, 3]             # trained from the first epoch

@@ -1,9 +1,8 @@
-"""A real sweep (python train.py -m, the reduced table4_1 preset) turned into a report by python report.py."""
+"""A real sweep (train.py -m, the reduced table4_1 preset, run in process) turned into a report by report.py."""
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +10,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score
 
 from skinlesion.report import main as report_main
-from skinlesion.testing import run_command
+from skinlesion.testing import sweep as run_sweep
 
 TINY_CLI = ["backbone=test_efficientnet", "backbone.pretrained=false", "trainer=cpu", "trainer.max_epochs=1",
             "data.image_size=32", "data.batch_size=32", "data.num_workers=0", "data.progress=false", "tta=none",
@@ -21,10 +20,8 @@ TINY_CLI = ["backbone=test_efficientnet", "backbone.pretrained=false", "trainer=
 @pytest.fixture(scope="module")
 def sweep(pad_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "table4_1"
-    cmd = [sys.executable, "train.py", "-m", "experiment=table4_1", "model=image_only,jif_mmfa", "data.fold=0,1",
-           f"data.root={pad_root}", *TINY_CLI, f"hydra.sweep.dir={out}"]
-    proc = run_command(cmd, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_sweep(["experiment=table4_1", "model=image_only,jif_mmfa", "data.fold=0,1", f"data.root={pad_root}", *TINY_CLI,
+           f"hydra.sweep.dir={out}"])
     return out
 
 
@@ -82,3 +79,15 @@ def test_report_lists_a_missing_run(sweep, tmp_path):
     assert len(missing) == 1
     row = missing.iloc[0].astype(str).str.cat(sep=" ")
     assert "jif_mmfa" in row and "data.fold=1" in row
+
+
+def test_rerunning_the_sweep_skips_its_completed_runs(sweep, pad_root, capsys):
+    """The same sweep command again: every completed run is skipped, its files untouched (Hydra's own .hydra/
+    bookkeeping, multirun.yaml and the job logs aside)."""
+    before = {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file() and p.parent.name != ".hydra"}
+    run_sweep(["experiment=table4_1", "model=image_only,jif_mmfa", "data.fold=0,1", f"data.root={pad_root}", *TINY_CLI,
+               f"hydra.sweep.dir={sweep}"])
+    assert capsys.readouterr().out.count("already completed; skipped") == 4
+    after = {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file() and p.parent.name != ".hydra"}
+    assert {p: t for p, t in after.items() if p.name not in ("train.log", "multirun.yaml")} == \
+        {p: t for p, t in before.items() if p.name not in ("train.log", "multirun.yaml")}

@@ -70,12 +70,15 @@ def test_without_credentials_it_logs_offline_in_the_experiments_group(derm7pt_ro
         assert summary[f"final/test/{combo}/avg_auc"] == pytest.approx(metrics["test"][combo]["avg_auc"])
 
 
-def test_fusionm4net_stage2_logs_its_config_and_p1_p2_p3(derm7pt_root, tmp_path, captured):
-    from skinlesion.fusionm4net.pipeline import run_pipeline
-    from skinlesion.testing import TINY, compose_cfg
+def test_fusionm4net_stage2_logs_its_config_and_p1_p2_p3(derm7pt_root, fusionm4net_run, tmp_path, captured):
+    import shutil
 
-    cfg = compose_cfg([f"data.root={derm7pt_root}", *TINY, "logger=wandb", "trainer.limit_train_batches=1",
-                       "stage2.grid_n=5", "cluster=logreg"], tmp_path / "run", config_name="fusionm4net")
+    from skinlesion.fusionm4net.pipeline import run_pipeline
+    from skinlesion.testing import fusionm4net_cfg
+
+    stage1 = shutil.copytree(fusionm4net_run[0] / "stage1", tmp_path / "stage1")   # finished: only stage 2 runs
+    cfg = fusionm4net_cfg(derm7pt_root, tmp_path / "run", "logger=wandb", "stage2.grid_n=5", "cluster=logreg",
+                          f"stage1_dir={stage1}")
     result = run_pipeline(cfg)
     assert captured["config"]["cluster"] == "logreg" and captured["group"] == "derm7pt-FusionM4Net"
     summary = captured["summary"]

@@ -148,9 +148,12 @@ def _row_groups(records: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
 
 def _best_run(records: pd.DataFrame, runs: Sequence[str], method: str, by: str = "score") -> str:
     """The run with the highest ``by`` value (default: its main metric); first on ties."""
-    g = records[records.run.isin(runs) & (records.method == method)]
-    vals = g[by].to_numpy(dtype=float)
-    return str(g.iloc[int(np.nanargmax(vals))]["run"]) if len(g) and not np.all(np.isnan(vals)) else str(g.iloc[0]["run"])
+    # numpy masks: tables ask this for every cell, and pandas' per-call overhead dominated large sweeps
+    run = records["run"].to_numpy(dtype=object)
+    keep = np.isin(run, list(runs)) & (records["method"].to_numpy(dtype=object) == method)
+    names = run[keep]
+    vals = records[by].to_numpy(dtype=float)[keep]
+    return str(names[int(np.nanargmax(vals))]) if len(names) and not np.all(np.isnan(vals)) else str(names[0])
 
 
 def _value_cell(records, details, label, runs, method, split, getter: Callable[[dict], float | None], kind: str,

@@ -27,11 +27,28 @@ def table_id(name: str) -> str:
 
 
 @lru_cache(maxsize=None)
-def load_table(name: str) -> pd.DataFrame:
+@lru_cache(maxsize=None)
+def _read_table(name: str) -> pd.DataFrame:
     path = THESIS_DIR / f"{name}.csv"
     df = pd.read_csv(path, comment="#", dtype={"row": str, "column": str, "metric": str})
     df["_row"] = df["row"].map(_norm)
     return df
+
+
+def load_table(name: str) -> pd.DataFrame:
+    """A transcribed thesis table (a copy: callers may change it)."""
+    return _read_table(name).copy()
+
+
+@lru_cache(maxsize=None)
+def _cells(name: str) -> dict[tuple[str, str, str], dict]:
+    """(normalised row, column, metric) -> the first such cell of a table: reports look up thousands of cells."""
+    out: dict[tuple[str, str, str], dict] = {}
+    df = _read_table(name)
+    for row, column, metric, value, std in zip(df["_row"], df["column"], df["metric"], df["value"], df["std"]):
+        out.setdefault((row, str(column), str(metric)), {"table": table_id(name), "value": float(value),
+                                                         "std": None if pd.isna(std) else float(std)})
+    return out
 
 
 @lru_cache(maxsize=None)
@@ -78,21 +95,19 @@ def lookup(tables: list[str], row: str, column: str, metric: str) -> dict | None
     candidates = [_norm(row)] + [_norm(a) for a in aliases().get(_norm(row), [])]
     for name in tables:
         try:
-            df = load_table(name)
+            cells = _cells(name)
         except FileNotFoundError:
             continue
         for cand in candidates:
-            hit = df[(df["_row"] == cand) & (df["column"] == column) & (df["metric"] == metric)]
-            if len(hit):
-                r = hit.iloc[0]
-                return {"table": table_id(name), "value": float(r["value"]),
-                        "std": None if pd.isna(r["std"]) else float(r["std"])}
+            hit = cells.get((cand, column, metric))
+            if hit is not None:
+                return dict(hit)
     return None
 
 
 def wilcoxon_p(table: str, a: str, b: str) -> float | None:
     try:
-        df = load_table(table)
+        df = _read_table(table)
     except FileNotFoundError:
         return None
     na, nb = _norm(a), _norm(b)
