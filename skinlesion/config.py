@@ -39,9 +39,9 @@ def biased_loss_weight(branch: str, w) -> float:
     return weights[branch]
 
 
-def _concurrent_jobs(pool, devices) -> int:
+def _concurrent_jobs(pool, devices, cpu_jobs=1) -> int:
     from skinlesion.launch import concurrent_jobs
-    return concurrent_jobs(pool, devices)
+    return concurrent_jobs(pool, devices, cpu_jobs)
 
 
 def _devices_per_job(devices) -> int:
@@ -198,8 +198,10 @@ SCHEMA: dict[str, Field] = {
     "class_weighted": _f("bool", required=True),
     "save_features": BOOL,
     "ckpt_path": _f("str", none=True),
+    "backbone.drop_path_rate": _f("float", lo=0, hi=1, none=True),
     "resume": _f("choice", choices=("auto", "never")),
     "gpu_pool": _f("gpus", none=True),
+    "cpu_jobs": _f("int", lo=1, none=True),
     "data.dataset": _f("choice", choices=("pad_ufes", "isic2019", "derm7pt"), required=True),
     "data.fold": INT0,
     "data.split": _f("choice", choices=("stratified", "lesion_grouped", "official")),
@@ -223,6 +225,7 @@ SCHEMA: dict[str, Field] = {
     "data.augment.rotate": _f("float", lo=0, hi=180),
     "data.augment.rotate90": BOOL,
     "data.augment.brightness_contrast": BOOL,
+    "data.augment.brightness_contrast_in_block": BOOL,
     "data.cache.enabled": BOOL,
     "data.cache.size": INT1,
     "trainer.max_epochs": _f("int", lo=-1, required=True),

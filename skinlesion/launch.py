@@ -1,7 +1,7 @@
 """Sweep jobs that run as their own process: one GPU (or d GPUs) per job on a local machine, and DDP inside sweeps.
 
 ``launcher=local_gpus`` runs sweep points with Hydra's joblib launcher, ``K // d`` at a time for K GPUs and d
-GPUs per job (``trainer.devices``). Each job takes d GPUs of ``gpu_pool`` under file locks in the sweep directory
+GPUs per job (``trainer.devices``), or ``cpu_jobs`` at a time on a machine without a GPU. Each job takes d GPUs of ``gpu_pool`` under file locks in the sweep directory
 (:class:`GpuSlots`) and runs as a fresh ``python -m skinlesion.train`` process that sees only those GPUs
 (``CUDA_VISIBLE_DEVICES``); a lock is released when its holder exits, however it exits.
 
@@ -54,12 +54,12 @@ def resolve_pool(pool) -> list[str]:
     return [str(g) for g in pool]
 
 
-def concurrent_jobs(pool, devices) -> int:
-    """``hydra.launcher.n_jobs`` of ``launcher=local_gpus``: how many jobs fit on the pool at once."""
+def concurrent_jobs(pool, devices, cpu_jobs: int = 1) -> int:
+    """``hydra.launcher.n_jobs`` of ``launcher=local_gpus``: how many jobs fit on the pool at once; without a GPU,
+    ``cpu_jobs`` jobs run on the CPU at once."""
     gpus = resolve_pool(pool)
     if not gpus:
-        raise ConfigError("launcher=local_gpus: no GPU found (gpu_pool=all, and CUDA_VISIBLE_DEVICES/torch see none); "
-                          "set gpu_pool=[0,1,...] or use the default launcher")
+        return max(1, int(cpu_jobs))
     need = devices_per_job(devices) or len(gpus)
     if need > len(gpus):
         raise ConfigError(f"trainer.devices={devices}: each job needs {need} GPUs, but gpu_pool has {len(gpus)} "
@@ -128,7 +128,7 @@ def needs_own_process(cfg: DictConfig) -> bool:
     """A multirun job that must run as a process of its own: it takes GPUs from a pool, or it starts DDP ranks."""
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return False
-    return cfg.get("gpu_pool") is not None or _starts_processes(cfg.trainer)
+    return bool(cfg.get("gpu_pool") is not None and resolve_pool(cfg.gpu_pool)) or _starts_processes(cfg.trainer)
 
 
 def run_job_process(cfg: DictConfig, module: str = "skinlesion.train") -> int:
@@ -139,7 +139,7 @@ def run_job_process(cfg: DictConfig, module: str = "skinlesion.train") -> int:
     cmd = [sys.executable, "-m", module, f"--config-name={hc.job.config_name}", *hc.overrides.task,
            f"hydra.run.dir={job_dir}", "hydra.output_subdir=null"]
     env = dict(os.environ)
-    if cfg.get("gpu_pool") is None:
+    if cfg.get("gpu_pool") is None or not resolve_pool(cfg.gpu_pool):
         return _run(cmd, env, job_dir, None)
     slots = GpuSlots(Path(hc.sweep.dir) / ".gpu_locks", resolve_pool(cfg.gpu_pool))
     need = devices_per_job(cfg.trainer.get("devices", 1)) or len(slots.pool)

@@ -40,8 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-holm", action="store_true", help="omit the Holm-adjusted p column")
     ap.add_argument("--layout", choices=sorted(TB.TASK_LAYOUTS), default="canonical",
                     help="derm7pt task column order (canonical, or a thesis table's)")
-    ap.add_argument("--best-by", choices=["main", "avg_auc", "avg_acc"], default="main",
-                    help="derm7pt best-run selection: the run's main metric, AVG AUC (Ch. 5) or AVG ACC (Ch. 6)")
+    ap.add_argument("--best-by", choices=["auto", "main", "avg_auc", "avg_acc"], default="auto",
+                    help="derm7pt best-run selection: AVG AUC, the thesis's criterion, for chapter-5 sweeps "
+                         "(experiment=table5_*) and the run's main metric otherwise (auto, the default); or "
+                         "the main metric, AVG AUC or AVG ACC for every sweep")
     ap.add_argument("--stats-methods", default="thesis", metavar="SET",
                     help="methods compared by Friedman and Wilcoxon: 'thesis' (default: the eight of Tables "
                          f"4.4-4.6, {', '.join(THESIS_METHODS)}; every method when a sweep has fewer than two of "
@@ -82,9 +84,19 @@ def _html(sections: list[tuple[str, list]], problems: TB.Table, meta: dict) -> s
     return "\n".join(parts)
 
 
+def _best_by(records, best_by: str) -> str:
+    """The records column that picks a method's best run: chapter 5 reports the best of its runs by AVG AUC
+    (tables 5.2-5.5 and 5.11-5.14), so ``auto`` uses it for runs of the chapter-5 sweeps and the run's main
+    metric (``score``) for anything else; an explicit ``--best-by`` wins."""
+    if best_by == "auto":
+        experiments = {str(e) for e in records["experiment"].dropna()}
+        return "avg_auc" if experiments and all(e.startswith("table5_") for e in experiments) else "score"
+    return "score" if best_by == "main" else best_by
+
+
 def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[str], compare: bool = True,
                 figures: bool = True, tsne: bool = True, with_holm: bool = True, layout: str = "canonical",
-                best_by: str = "main", stats_methods: str = "thesis") -> dict:
+                best_by: str = "auto", stats_methods: str = "thesis") -> dict:
     jobs, notes = collect_jobs(sweep_dirs)
     records, details = evaluate_jobs(jobs)
     problems = problems_frame(jobs)
@@ -134,8 +146,12 @@ def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[s
                     t = TB.configuration_table(records, jobs, split, compare)
                     items.insert(0, t)
                     main_tables.append(t)
+            by = _best_by(rec, best_by)
+            why = [*(["the thesis's criterion for chapter 5"] if by == "avg_auc" else []),
+                   *(["--best-by changes it"] if best_by == "auto" else [])]
+            notes.append(f"derm7pt best-run tables: each method's best run selected by {TB.BEST_BY_NAME[by]}"
+                         + (f" ({'; '.join(why)})" if why else ""))
             for split in [s for s in splits if s == "test"] or splits:
-                by = "score" if best_by == "main" else best_by
                 for kind in ("mean", "best"):
                     items.append(TB.task_accuracy_table(records, details, split, mm, layout, kind, compare, by))
                     items.append(TB.category_auc_table(records, details, split, mm, kind, compare, by))

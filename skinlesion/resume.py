@@ -36,7 +36,7 @@ from skinlesion.provenance import write_csv
 log = logging.getLogger(__name__)
 
 # Settings that say how a job runs, not what it computes: they may change between the attempts of one run.
-RUNTIME_KEYS = ("ckpt_path", "resume", "gpu_pool", "tags", "paths", "logger", "callbacks.progress_bar", "hydra",
+RUNTIME_KEYS = ("ckpt_path", "resume", "gpu_pool", "cpu_jobs", "tags", "paths", "logger", "callbacks.progress_bar", "hydra",
                 "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.progress", "data.cache",
                 "data.eval_batch_size", "data.root", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
                 "trainer.enable_model_summary")

@@ -11,7 +11,7 @@ from skinlesion.data import derm7pt, isic2019, pad_ufes
 from skinlesion.data.synthetic import generate
 from skinlesion.testing import python, shared
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]   # official-size runs: minutes each
 
 
 def cli(args: list[str], run_dir) -> None:

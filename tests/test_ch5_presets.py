@@ -125,9 +125,10 @@ def sweep_points(experiment: str) -> list[list[str]]:
 
 # experiment -> (points, runs per point, methods expected)
 CH5_SWEEPS = {
-    "table5_6": (6, 10, {"SFF-CAT", "SFF-BAB", "SFF-AAB", "AFF-CAT", "AFF-BAB", "AFF-AAB"}),
+    "table5_6": (8, 10, {"SFF-CAT", "SFF-BAB", "SFF-AAB", "AFF-CAT", "AFF-BAB", "AFF-AAB", "SFF-AAB(concat)",
+                         "AFF-AAB(concat)"}),
     "table5_7": (6, 10, {"Single-derm", "Single-clinic", "SFF-CAT", "AMMFM-reversed"}),
-    "table5_10": (8, 10, {"Single-derm", "Single-clinic", "SFF-CAT", "AMMFM"}),
+    "table5_10": (10, 10, {"Single-derm", "Single-clinic", "SFF-CAT", "AMMFM", "AMMFM(concat)"}),
     "table5_15": (5, 5, {"SFF-CAT", "PS-CAT", "PS-CA", "PS-SCA", "PEMM"}),
     "table5_16": (2, 5, {"PEMM", "PEMM-shared-classifier"}),
     "table5_17": (7, 5, {f"PEMM W={w}" for w in ("0", "0.1", "0.2", "0.3", "0.4", "0.5", "eq")}),
@@ -162,3 +163,41 @@ def test_chapter5_sweep_presets_compose(experiment, tmp_path):
         with torch.device("meta"):   # builds the network the point names, without loading weights
             build_network(net_cfg, {**OmegaConf.to_container(cfg.backbone), "pretrained": False}, INFO)
     assert seen == methods
+
+
+# (overrides, Swin-T instances, thesis total in M): the presets as composed, counted in the thesis's convention
+# (backbones with their unused ImageNet classifiers), every AAB preset with its derm-only fusion head. Each Swin-T
+# instance counts 0.065M below the thesis (tests/test_two_image.py): rows with one are within 0.1M as they stand,
+# rows with two within 0.15M.
+SWIN_OFFSET = 0.065
+THESIS_TOTALS = [
+    (["model=ammfm"], 1, 33.06),
+    (["model=ammfm", "backbone=resnet50"], 0, 36.36),
+    (["model=ammfm", "backbone=convnext_t"], 0, 33.29),
+    (["+variant=ammfm_reversed"], 1, 32.62),
+    (["model=two_image", "backbone=swin_t", "block=aab"], 2, 59.09),
+    (["model=two_image", "backbone=swin_t", "structure=aff", "block=cat"], 1, 32.48),
+    (["model=two_image", "backbone=swin_t", "structure=aff", "block=bab"], 1, 33.88),
+    (["model=two_image", "backbone=swin_t", "block=bab"], 2, 60.45),
+    (["model=two_image", "backbone=swin_t", "block=cat"], 2, 58.49),
+]
+
+
+@pytest.mark.parametrize("overrides,swins,thesis", THESIS_TOTALS, ids=[" ".join(o) for o, _, _ in THESIS_TOTALS])
+def test_composed_presets_reproduce_the_thesis_parameter_totals(overrides, swins, thesis, tmp_path):
+    cfg = compose_cfg(["data=derm7pt", *overrides], tmp_path)
+    net_cfg = OmegaConf.to_container(cfg.model.net, resolve=True)
+    if net_cfg.get("clinic_backbone"):
+        net_cfg["clinic_backbone"]["pretrained"] = False
+    with torch.device("meta"):
+        net = build_network(net_cfg, {**OmegaConf.to_container(cfg.backbone), "pretrained": False}, INFO)
+    got = net.param_counts()["thesis_count"] / 1e6
+    assert got == pytest.approx(thesis - swins * SWIN_OFFSET, abs=0.03)
+    assert got == pytest.approx(thesis, abs=0.1 if swins < 2 else 0.15)
+
+
+def test_aab_with_a_concatenating_head_stays_selectable(tmp_path):
+    assert compose_cfg(["model=ammfm"], tmp_path).model.net.fusion_input == "derm_only"
+    assert compose_cfg(["model=ammfm", "block=aab_concat"], tmp_path).model.net.fusion_input == "concat"
+    assert compose_cfg(["+variant=ammfm_concat"], tmp_path).model.method == "AMMFM(concat)"
+    assert compose_cfg(["model=two_image", "block=bab"], tmp_path).model.net.fusion_input == "concat"

@@ -73,11 +73,9 @@ CH6_RECIPE = {"name": "adam", "lr": 3e-5, "weight_decay": 0.0}
 CH6_SWEEPS = {
     "table6_3": ("train", 6, {("C", "image_only"), ("D", "image_only"), ("C-D", "two_image"), ("C-M", "jf"),
                               ("D-M", "jf"), ("C-D-M", "two_image")}),
-    "table6_8": ("train", 3, {("C-D-M", "two_image"), ("C-D-M MetaBlock", "two_image"),
-                              ("C-D-M MetaNet", "two_image")}),
+    "table6_8": ("train", 2, {("C-D-M MetaBlock", "two_image"), ("C-D-M MetaNet", "two_image")}),
     "table6_3_two_stage": ("fusionm4net", 2, {("C", "image_only"), ("D", "image_only")}),
-    "table6_4": ("fusionm4net", 1, {("FusionNet", "two_image")}),
-    "table6_7": ("fusionm4net", 3, {("FusionNet", "two_image")}),
+    "table6_4": ("fusionm4net", 3, {("FusionNet", "two_image")}),
 }
 
 
@@ -92,7 +90,7 @@ def test_chapter6_sweep_presets_compose(experiment, tmp_path):
     seen = set()
     for point in points:
         cfg = compose_cfg([f"experiment={experiment}", *point], tmp_path, config_name=entry)
-        if experiment != "table6_7":   # its stage1_dir interpolates the sweep directory (known only in a sweep)
+        if experiment != "table6_4":   # its stage1_dir interpolates the sweep directory (known only in a sweep)
             validate_config(cfg)
         assert cfg.group == experiment and cfg.data.dataset == "derm7pt"
         assert OmegaConf.to_container(cfg.optim.optimizer) == CH6_RECIPE and cfg.trainer.max_epochs == 250
@@ -107,7 +105,7 @@ def test_two_stage_c_m_runs_the_pipeline_on_one_image(derm7pt_root, tmp_path):
                        "model=single_image", "+variant=two_stage_cm"], tmp_path, config_name="fusionm4net")
     result = run_pipeline(cfg)
     rec = json.loads((tmp_path / "run.json").read_text())
-    assert rec["method"] == "(C-M)" and rec["branches"] == ["p1", "p2", "p3"]
+    assert rec["method"] == "(C-M)" and rec["branches"] == ["p1", "p2", "p3", "p3_avg"]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["fusion_scheme1"]["weights"] == {"image": 1.0}       # one image: its output is P1
     main = pd.read_parquet(tmp_path / "stage1" / "main" / "predictions" / "test.parquet")
@@ -132,3 +130,20 @@ def test_metadata_only_baseline_reproduces_table_6_3_on_the_real_metadata(tmp_pa
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert metrics["test"]["m"]["avg_acc"] == pytest.approx(sum(accs) / 8)
     assert abs(sum(accs) / 8 - 0.702) < 0.015
+
+
+def test_no_configuration_is_trained_by_two_chapter6_sweeps(tmp_path):
+    """Rows that several thesis tables share (C-D-M in T6.3/T6.8, FusionM4Net-SVM in T6.4/6.6/6.7/6.8) are trained
+    by one sweep; the report takes them from whichever sweep holds them."""
+    trained = {}
+    for experiment, (entry, _, _) in CH6_SWEEPS.items():
+        params = OmegaConf.load(CONF / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
+        axes = [[f"{k}={v}" for v in expand_sweep(k, str(vals))] for k, vals in params.items() if k != "seed"]
+        for point in itertools.product(*axes):
+            cfg = compose_cfg([f"experiment={experiment}", *point], tmp_path, config_name=entry)
+            net = OmegaConf.to_container(cfg.model.net, resolve=True)
+            key = json.dumps([entry, cfg.model.method, net, cfg.get("cluster")], sort_keys=True)
+            assert key not in trained, f"{experiment} {point} repeats {trained.get(key)}"
+            trained[key] = (experiment, point)
+    clusters = {json.loads(k)[3] for k, (e, _) in trained.items() if e == "table6_4"}
+    assert clusters == {"svm", "logreg", "mlp"}

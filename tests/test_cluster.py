@@ -83,6 +83,26 @@ def test_concurrency_follows_the_pool_and_the_devices_per_job():
         concurrent_jobs([0, 1], 4)
 
 
+def test_without_a_gpu_the_local_launcher_runs_cpu_jobs_at_once(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    assert concurrent_jobs("all", 1, cpu_jobs=3) == 3
+    cfg = compose_cfg(["launcher=local_gpus", "cpu_jobs=3"], tmp_path, with_hydra=True)
+    assert OmegaConf.to_container(cfg.hydra.launcher, resolve=True)["n_jobs"] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_local_sweep_without_a_gpu_runs_jobs_in_parallel_on_the_cpu(pad_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    _sweep(["launcher=local_gpus", "gpu_pool=[]", "cpu_jobs=2", f"data.root={pad_root}", *QUICK, "data.fold=0,1",
+            f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path}/cache"])
+    runs = [sweep / str(i) for i in range(2)]
+    assert all(run_record(r)["status"] == "completed" for r in runs)
+    (s0, e0, _), (s1, e1, _) = _intervals(runs)
+    assert s0 < e1 and s1 < e0                                  # the two jobs ran at the same time
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_local_gpus_sweep_runs_each_job_on_its_own_gpus(pad_root, tmp_path):
@@ -172,8 +192,8 @@ def test_slurm_launcher_takes_tasks_and_gpus_from_the_trainer(tmp_path, monkeypa
     (tmp_path / "bin" / "srun").write_text("#!/bin/sh\n")   # submitit checks that it is on a SLURM host
     (tmp_path / "bin" / "srun").chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{__import__('os').environ['PATH']}")
-    cfg = compose_cfg(["launcher=slurm", "trainer.devices=4", "trainer.num_nodes=2", "hydra.launcher.partition=gpu",
-                       "hydra.launcher.timeout_min=720"], tmp_path, with_hydra=True)
+    cfg = compose_cfg(["launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2",
+                       "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=720"], tmp_path, with_hydra=True)
     launcher = cfg.hydra.launcher
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
     assert launcher.max_num_timeout >= 1

@@ -10,7 +10,7 @@ import pytest
 
 from skinlesion.testing import python, run_command
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]   # two DDP processes per run
 
 
 def test_ddp_gathers_every_case_once(pad_root, tmp_path):

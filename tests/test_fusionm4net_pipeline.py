@@ -67,7 +67,7 @@ def test_classifier_is_fitted_on_the_holdout_cases_only(pipeline):
 def test_p1_p2_p3_are_saved_scored_and_reported(pipeline):
     out, result = pipeline
     record = json.loads((out / "run.json").read_text())
-    assert record["status"] == "completed" and record["branches"] == ["p1", "p2", "p3"]
+    assert record["status"] == "completed" and record["branches"] == ["p1", "p2", "p3", "p3_avg"]
     metrics = json.loads((out / "metrics.json").read_text())
     test = pd.read_parquet(out / "predictions" / "test.parquet")
     for b in ("p1", "p2", "p3"):
@@ -112,11 +112,23 @@ def test_report_shows_the_stage_outputs_and_the_searched_weights(pipeline, tmp_p
     tasks = pd.read_csv(tmp_path / "rep" / "tables" / "derm7pt_test_avg_acc_task_acc.csv", dtype=str)
     p3 = tasks[tasks["Method"] == "FusionM4Net(P3)"].iloc[0]
     assert "[T6.4: 76.3 ± 0.7" in p3["AVG"]                          # the thesis's P3 beside ours
+    # the equal-weight baselines of Tables 6.5 and 6.6, with their thesis cells
+    p1_avg = tasks[tasks["Method"] == "FusionNet(P1 averaged)"].iloc[0]
+    assert "[T6.5: 87.5 ± 0.5" in p1_avg["BWV"]
+    p3_avg = tasks[tasks["Method"] == "FusionM4Net(P3 averaged)"].iloc[0]
+    assert "[T6.6: 88.2 ± 0.5" in p3_avg["BWV"]
+    test = pd.read_parquet(out / "predictions" / "test.parquet")
+    main_test = pd.read_parquet(out / "stage1" / "main" / "predictions" / "test.parquet").set_index("case_id")
+    y = test["target/DIAG"].to_numpy()
+    avg = sum(main_test.loc[test["case_id"], [c for c in main_test.columns if c.startswith(f"prob/{b}/DIAG/")]]
+              .to_numpy() for b in ("derm", "clinic", "fusion")) / 3
+    acc = runs[(runs.split == "test") & (runs.method == "FusionNet(P1 averaged)")]
+    assert p1_avg["DIAG"].startswith(f"{100 * (avg.argmax(1) == y).mean():.1f}") and len(acc) == 1
 
 
 @pytest.mark.slow
 def test_two_classifiers_of_one_seed_in_parallel_train_stage1_once(derm7pt_root, tmp_path):
-    """table6_7's layout: the classifiers of a seed share one stage 1. Started together, one job trains each
+    """table6_4's layout: the classifiers of a seed share one stage 1. Started together, one job trains each
     stage-1 run while the other waits for it, then reuses it."""
     import subprocess
     import sys

@@ -188,9 +188,10 @@ def test_w_is_the_first_maximum(tmp_path, d7):
     assert sum(s == max(scores) for s in scores) > 1     # a real tie
     first = next(i for i, s in enumerate(scores) if s == max(scores))
     assert res["w"] == pytest.approx(np.linspace(0, 1, 100)[first], abs=1e-15)
-    p3 = P.branch_probs(val, "p3")
+    p3, p3_avg = P.branch_probs(val, "p3"), P.branch_probs(val, "p3_avg")
     for t in y:
         np.testing.assert_allclose(p3[t], res["w"] * p1[t] + (1 - res["w"]) * p2[t], atol=1e-12)
+        np.testing.assert_allclose(p3_avg[t], (p1[t] + p2[t]) / 2, atol=1e-12)   # "P3 (averaged)"
 
 
 def test_absent_class_keeps_columns_aligned(tmp_path, d7):
@@ -232,9 +233,9 @@ def test_outputs_are_saved_and_scored(svm_run):
     metrics = json.loads((out / "metrics.json").read_text())
     for split in ("val", "test"):
         df = P.read_predictions(out / "predictions" / f"{split}.parquet")
-        assert P.branches(df) == ["p1", "p2", "p3"]
+        assert P.branches(df) == ["p1", "p2", "p3", "p3_avg"]
         y = P.targets(df)
-        for b in ("p1", "p2", "p3"):
+        for b in ("p1", "p2", "p3", "p3_avg"):
             probs = P.branch_probs(df, b)
             for p in probs.values():
                 np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-9)
@@ -245,7 +246,7 @@ def test_outputs_are_saved_and_scored(svm_run):
             assert svm_run["res"]["avg_acc"][split][b] == pytest.approx(np.mean(accs), abs=1e-12)
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "completed" and run["reported"] == "p3" and run["main_metric"] == "avg_acc"
-    assert run["branches"] == ["p1", "p2", "p3"] and run["seed"] == 7 and run["experiment"] == "table6_4"
+    assert run["branches"] == ["p1", "p2", "p3", "p3_avg"] and run["seed"] == 7 and run["experiment"] == "table6_4"
     assert run["tasks"] == dataset_classes("derm7pt")
     settings = json.loads((out / "stage2.json").read_text())
     assert settings["fusion_scheme1"]["grid"]["n"] == 5
@@ -261,8 +262,8 @@ def test_report_collects_the_stage2_run(svm_run):
     assert [j.status for j in jobs] == ["ok"]
     test = records[records["split"] == "test"].set_index("combination")
     metrics = json.loads((svm_run["out"] / "metrics.json").read_text())
-    assert list(test["method"]) == ["FusionM4Net(P1)", "FusionM4Net(P2)", "FusionM4Net(P3)"]
-    for b in ("p1", "p2", "p3"):   # both fusion schemes and their mix reach the report
+    assert list(test["method"]) == ["FusionM4Net(P1)", "FusionM4Net(P2)", "FusionM4Net(P3)", "FusionM4Net(P3 averaged)"]
+    for b in ("p1", "p2", "p3", "p3_avg"):   # both fusion schemes and their mixes reach the report
         assert test.loc[b, "score"] == pytest.approx(metrics["test"][b]["avg_acc"])
 
 
@@ -334,3 +335,24 @@ def test_classifier_spec_accepts_target_mappings():
         stage2.build_classifier({"_target_": "sklearn.svm.SVC"}, seed=0)
     with pytest.raises(ConfigError, match="cannot be built"):
         stage2.build_classifier({"_target_": "sklearn.nope.Missing"}, seed=0)
+
+
+def test_p3_weight_is_chosen_on_validation_never_on_test(tmp_path, d7):
+    """w is the first maximum of validation AVG ACC over linspace(0, 1, 100). Here the stage-1 test predictions are
+    shuffled between cases, so test would pick another w: choosing w on test fails this test."""
+    def shuffle_test(frames):
+        test = frames["test"]
+        cols = [c for c in test.columns if c.startswith("prob/")]
+        test[cols] = test[cols].to_numpy()[np.random.default_rng(5).permutation(len(test))]
+
+    main_dir, sub_dir = make_runs(tmp_path, d7, edit=shuffle_test)
+    res = run_stage2(main_dir, sub_dir, grid_n=3)
+    grid = np.linspace(0, 1, 100)
+    chosen = {}
+    for split in ("val", "test"):
+        df = P.read_predictions(Path(res["out_dir"]) / "predictions" / f"{split}.parquet")
+        p1, p2, y = P.branch_probs(df, "p1"), P.branch_probs(df, "p2"), P.targets(df)
+        scores = [_accuracy({t: w * p1[t] + (1 - w) * p2[t] for t in y}, y) for w in grid]
+        chosen[split] = grid[int(np.argmax(scores))]
+    assert chosen["val"] != chosen["test"]
+    assert res["w"] == pytest.approx(chosen["val"], abs=1e-15)

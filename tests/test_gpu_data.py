@@ -188,15 +188,19 @@ def test_geometric_parameters_follow_the_cpu_distribution():
         assert abs(d["angle"].mean()) < 2.5 and abs(d["angle"].std() - 90 / np.sqrt(12)) < 1.5
 
 
+OUTSIDE = {"brightness_contrast": True, "brightness_contrast_in_block": False}
+
+
 def test_brightness_contrast_follows_the_cpu_distribution():
-    photo = photometric(True, {"brightness_contrast": True})
+    """Drawn on its own (brightness_contrast_in_block=false), both paths give 0.5·p per image, the same ranges."""
+    photo = photometric(True, OUTSIDE)
     comp = A.Compose(photo.transforms, save_applied_params=True, seed=4)
     img = np.zeros((4, 4, 3), np.uint8)
     cpu = [dict(comp(image=img)["applied_transforms"]).get("RandomBrightnessContrast") for _ in range(N_DRAWS)]
     cpu_on = np.array([c is not None for c in cpu])
     cpu_alpha = np.array([c["alpha"] for c in cpu if c is not None])
     cpu_beta = np.array([c["beta"] for c in cpu if c is not None])
-    _, p = _gpu_draws(32, N_DRAWS, {"brightness_contrast": True})
+    _, p = _gpu_draws(32, N_DRAWS, OUTSIDE)
     for k in ("clinic", "derm"):
         on, alpha, beta = (t.numpy() for t in p.photo[k])
         for o, a, b in ((cpu_on, cpu_alpha, cpu_beta), (on, alpha[on], beta[on])):
@@ -207,6 +211,16 @@ def test_brightness_contrast_follows_the_cpu_distribution():
     # drawn per image: the two images of a case are independent
     assert (p.photo["clinic"][0] != p.photo["derm"][0]).float().mean() > 0.3
     assert not BatchAugment({}, ["derm"]).sample(torch.rand(10, 13), 8).photo   # off unless the recipe says so
+
+
+def test_brightness_contrast_inside_the_block_on_the_device():
+    """Inside the block (the default): only where the block fires, then 0.5 per image: 0.25 overall per image and
+    0.125 for both images of a case (0.0625 when drawn on its own)."""
+    _, p = _gpu_draws(32, N_DRAWS, {"brightness_contrast": True})
+    on = {k: p.photo[k][0].numpy() for k in ("clinic", "derm")}
+    block = p.block.numpy()
+    assert not (on["clinic"] & ~block).any() and not (on["derm"] & ~block).any()
+    assert abs(on["clinic"].mean() - 0.25) < 0.03 and abs((on["clinic"] & on["derm"]).mean() - 0.125) < 0.025
 
 
 # ---------------------------------------------------------------------------------- the augmentation itself

@@ -356,3 +356,21 @@ def test_derm7pt_fixed_orders_and_first_row(derm):
     # raw criteria strings are kept apart (not merged into task classes)
     pig = block(e14, x14, "pigmentation")
     assert pig.shape[1] == 5 and (pig.sum(0) > 0).all()
+
+
+@needs_data
+def test_derm7pt_m20_rows_are_the_published_one_hot_blocks(derm):
+    """m20 of real rows, written out from the published category orders: difficulty [low, medium, high],
+    elevation [flat, palpable, nodular], location [back, lower limbs, abdomen, upper limbs, chest, head neck, acral,
+    buttocks, genital areas], sex [female, male], management [excision, clinical follow up, no further
+    examination]. A permuted block or category fails here (the stage-2 features and M read these columns)."""
+    x = build_vectorizer("derm7pt").transform(derm)
+    expected = {   # row 0: medium | nodular | abdomen | female | excision
+        0: [0, 1, 0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 1, 0, 0],
+        # row 1: low | palpable | head neck | female | excision
+        1: [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 1, 0, 0],
+        # row 500: low | nodular | back | female | no further examination
+        500: [1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1],
+    }
+    for row, vector in expected.items():
+        assert x[row].tolist() == vector, row

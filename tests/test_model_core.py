@@ -83,3 +83,29 @@ def test_report_and_branch_weights_are_checked():
         MultiTaskModule(net, info, branch_weights={"meta": 1.0}, report="fusion", optim={"name": "sgd", "lr": 1})
     with pytest.raises(ConfigError, match="branch_weights names \\['image'\\]"):
         MultiTaskModule(net, info, branch_weights={"image": 1.0}, report="meta", optim={"name": "sgd", "lr": 1})
+
+
+def test_stochastic_depth_is_stated_per_backbone_and_an_explicit_value_applies(tmp_path):
+    """Swin-T trains with timm's 0.1 (which the thesis inherits by not stating one), the CNNs with none; an explicit
+    0 really switches it off; an architecture without stochastic depth accepts 0 and refuses anything else."""
+    import timm.layers
+
+    from skinlesion.testing import compose_cfg
+
+    rates = {b: compose_cfg([f"backbone={b}"], tmp_path).backbone.drop_path_rate
+             for b in ("swin_t", "resnet50", "convnext_t", "densenet201", "mobilenetv3_small")}
+    assert rates == {"swin_t": 0.1, "resnet50": 0.0, "convnext_t": 0.0, "densenet201": 0.0, "mobilenetv3_small": 0.0}
+    assert compose_cfg(["model=ammfm"], tmp_path).model.net.clinic_backbone.drop_path_rate == 0.0   # MobileNetV3-S
+
+    def drop_probs(rate):
+        with torch.device("meta"):
+            model = Backbone("swin_tiny_patch4_window7_224", drop_path_rate=rate).model
+        return [m.drop_prob for m in model.modules() if isinstance(m, timm.layers.DropPath)]
+
+    assert drop_probs(None) and max(drop_probs(None)) == pytest.approx(0.1)      # timm's default
+    assert drop_probs(0.0) == []                                                  # 0 is applied, not ignored
+    assert max(drop_probs(0.3)) == pytest.approx(0.3)
+    with torch.device("meta"):
+        Backbone("densenet121", drop_path_rate=0.0)
+        with pytest.raises(ConfigError, match="densenet121 has no stochastic depth"):
+            Backbone("densenet121", drop_path_rate=0.2)

@@ -113,7 +113,8 @@ def _inputs(n=2, size=32, meta_dim=20, seed=0):
 @pytest.mark.parametrize("net", [
     {"arch": "two_image"}, {"arch": "two_image", "block": "aab", "fusion_input": "derm_only"},
     {"arch": "two_image", "block": "bab"}, {"arch": "two_image", "block": "self"},
-    {"arch": "two_image", "shared_encoder": True, "block": "sca"}, {"arch": "two_image", "heads": "fusion"},
+    {"arch": "two_image", "shared_encoder": True, "block": "sca"},
+    {"arch": "two_image", "shared_encoder": True, "block": "sca_self"}, {"arch": "two_image", "heads": "fusion"},
     {"arch": "two_image", "fusion_input": "sum", "meta_fusion": "cat", "meta_fusion_options": {"reducer": 0}},
     {"arch": "jif", "fusion": "cat", "meta_input": "raw"}, {"arch": "jf", "fusion": "mmfa"},
     {"arch": "image_only", "image_key": "clinic"}, {"arch": "meta_only"},

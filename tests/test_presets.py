@@ -41,6 +41,7 @@ def test_model_preset_trains_one_epoch(model, data, roots, tmp_path):
                 tmp_path / "run")
     rec = run_record(run)
     assert rec["status"] == "completed"
+    assert rec["drop_path_rate"] == (None if model == "meta_only" else 0.0)   # the backbone preset's, recorded
     pred = pd.read_parquet(run / "predictions" / "test.parquet")
     branches = {c.split("/")[1] for c in pred.columns if c.startswith("prob/")}
     assert branches == set(rec["branches"])
@@ -103,5 +104,6 @@ def test_demo_preset_runs(pad_root, tmp_path):
 def test_launcher_presets_compose(launcher, target, tmp_path):
     cfg = compose_cfg(["experiment=table4_1", f"launcher={launcher}", "gpu_pool=[0]"], tmp_path, with_hydra=True)
     assert cfg.hydra.launcher._target_.endswith(target)
-    assert cfg.trainer.precision == "bf16-mixed"
+    if launcher == "slurm":
+        assert cfg.trainer.precision == "bf16-mixed"
     assert cfg.hydra.sweeper.params["data.fold"] == "0,1,2,3,4"

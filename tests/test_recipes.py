@@ -41,7 +41,7 @@ CH5 = {
     "image_size": 224,
     "class_weighted": False,
     "tta": "six",
-    "augment": {**CH4["augment"], "brightness_contrast": True},
+    "augment": {**CH4["augment"], "brightness_contrast": True, "brightness_contrast_in_block": True},
 }
 
 # The README's training commands (data roots left at their defaults: composing reads no file).

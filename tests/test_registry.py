@@ -93,6 +93,7 @@ def test_new_fusion_joins_the_table_sweeps(sum_plugin):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_new_fusion_joins_the_launched_sweep(sum_plugin, tmp_path):
     """The real ``python train.py -m experiment=table4_1`` lists Image plus JF and JIF for every fusion config,
     the new one included (a missing data root makes each job stop at once: only the job list matters here)."""

@@ -228,3 +228,19 @@ def test_glob_sweep_lists_a_deleted_run(tmp_path):
     missing = [j for j in jobs if j.status == "missing_job"]
     assert [j.expected for j in missing] == [{"model": "jf_cat", "data.fold": "1"}]
     assert sum(j.ok for j in jobs) == 5
+
+
+def test_chapter5_sweeps_pick_the_best_run_by_avg_auc_unless_told_otherwise(tmp_path, capsys):
+    sweep = make_sweep(tmp_path / "t5", "derm7pt", models=("jf_cat",), runs=range(4), experiment="table5_6", seed=1)
+    runs = None
+    for flag, column, name in (([], "avg_auc", "AVG AUC"), (["--best-by", "avg_acc"], "avg_acc", "AVG ACC")):
+        out = tmp_path / f"rep-{column}"
+        assert main([str(sweep), "--out", str(out), "--format", "csv", "--no-figures", *flag]) == 0
+        assert f"best run selected by {name}" in capsys.readouterr().out
+        runs = pd.read_csv(out / "runs.csv") if runs is None else runs
+        best = runs.loc[runs[runs.method == "JF-CAT"][column].idxmax(), "run"]
+        best_acc = runs[(runs.run == best) & (runs.method == "JF-CAT")]["avg_acc"].iloc[0]
+        table = _read_csv(out / "tables" / "derm7pt_test_avg_acc_task_acc_best.csv")
+        assert table[1][0] == "JF-CAT" and table[1][-2] == f"{100 * best_acc:.1f}"
+    by_auc, by_acc = (runs.loc[runs[runs.method == "JF-CAT"][c].idxmax(), "run"] for c in ("avg_auc", "avg_acc"))
+    assert by_auc != by_acc                       # the two criteria pick different runs here, so the test can fail

@@ -21,6 +21,7 @@ from skinlesion.testing import (
     epochs_logged,
     final_scores,
     four_epochs,
+    python,
     run_command,
     run_record,
     signal_at_epoch_2,
@@ -222,29 +223,42 @@ def test_a_shared_run_is_trained_once_and_a_crashed_holder_frees_it(tmp_path):
     assert log_file.read_text() == "trained\n"               # one job trained it, two reused it
 
 
-def test_a_chapter5_run_stopped_inside_its_weight_averaging_window_resumes_exactly(derm7pt_root, tmp_path):
+@pytest.mark.parametrize("how", ["ctrl_c", pytest.param("sigkill", marks=[pytest.mark.slow, pytest.mark.timeout(900)])])
+def test_a_chapter5_run_stopped_inside_its_weight_averaging_window_resumes_exactly(how, derm7pt_root, tmp_path):
     """AMMFM with weight averaging over the last two of four epochs, stopped when the fourth starts (one state
-    averaged): the resumed run continues the running average and ends with the uninterrupted run's predictions."""
+    averaged) — by Ctrl-C in process, or by a real SIGKILL to a subprocess (slow) — and started again: the resumed run
+    continues the running average and ends with the uninterrupted run's predictions."""
     point = ["model=ammfm", "data=derm7pt", f"data.root={derm7pt_root}", "backbone=test_resnet",
              "structure.clinic_backbone.name=test_efficientnet", "trainer.max_epochs=4", "callbacks.swa.last_epochs=2",
              "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "data.batch_size=16", "tta=none"]
     plain = train(point, tmp_path / "plain")
-    stop = [*point, *signal_at_epoch_2("SIGINT", tmp_path / "once")]
+    stop = [*point, *signal_at_epoch_2("SIGINT" if how == "ctrl_c" else "SIGKILL", tmp_path / "once")]
     stop[stop.index("+callbacks.stop.epoch=2")] = "+callbacks.stop.epoch=3"
-    with pytest.raises(SystemExit):
-        train(stop, tmp_path / "stopped")
-    ckpt = torch.load(tmp_path / "stopped" / "checkpoints" / "last.ckpt", weights_only=True)
+    stopped = tmp_path / "stopped"
+    if how == "ctrl_c":
+        with pytest.raises(SystemExit):
+            train(stop, stopped)
+    else:
+        from skinlesion.testing import TINY
+        command = ["train.py", *TINY, *stop, f"hydra.run.dir={stopped}"]
+        assert python(*command, timeout=600).returncode == -9
+    ckpt = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=True)
     swa_state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("WeightAveraging"))
     assert ckpt["epoch"] == 2 and swa_state["n_averaged"] == 1      # inside the window: one state averaged so far
-    train(stop, tmp_path / "stopped")
-    runs = [json.loads((d / "metrics.json").read_text()) for d in (plain, tmp_path / "stopped")]
+    if how == "ctrl_c":
+        train(stop, stopped)
+    else:
+        resumed = python(*command, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs = [json.loads((d / "metrics.json").read_text()) for d in (plain, stopped)]
     assert runs[0]["weight_averaging"] == runs[1]["weight_averaging"] == {"states": 2, "last_epochs": 2}
+    assert run_record(stopped)["attempts"][-1]["resumed_from"]["epochs_done"] == 3
     for part in ("val", "test"):
-        a, b = (pd.read_parquet(d / "predictions" / f"{part}.parquet") for d in (plain, tmp_path / "stopped"))
+        a, b = (pd.read_parquet(d / "predictions" / f"{part}.parquet") for d in (plain, stopped))
         probs = [c for c in a.columns if c.startswith("prob/")]
         assert list(a["case_id"]) == list(b["case_id"])
         assert np.abs(a[probs].to_numpy() - b[probs].to_numpy()).max() < 1e-5
-    fused = [pd.read_parquet(d / "search" / "test_fused.parquet") for d in (plain, tmp_path / "stopped")]
+    fused = [pd.read_parquet(d / "search" / "test_fused.parquet") for d in (plain, stopped)]
     assert np.abs(fused[0].filter(like="prob/").to_numpy() - fused[1].filter(like="prob/").to_numpy()).max() < 1e-5
 
 

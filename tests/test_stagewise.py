@@ -93,6 +93,12 @@ def test_blocks_match_a_hand_written_reference_and_refine_the_right_maps():
     assert torch.allclose(d4, _reference_refine(d, sca.qk.q, sca.qk.k, sca.refine.v, e), atol=1e-5)
     assert torch.allclose(e2, _reference_refine(e, sca.qk.q, sca.qk.k, sca.refine.v, d), atol=1e-5)
 
+    sca_self = BLOCK_REGISTRY["sca_self"](24, 24)              # shared convolutions, each map attends to itself
+    e3, d5 = sca_self(e, d)
+    assert torch.allclose(e3, _reference_refine(e, sca_self.qk.q, sca_self.qk.k, sca_self.refine.v, e), atol=1e-5)
+    assert torch.allclose(d5, _reference_refine(d, sca_self.qk.q, sca_self.qk.k, sca_self.refine.v, d), atol=1e-5)
+    assert _count("sca_self", SWIN, SWIN) == _count("sca", SWIN, SWIN)   # one set of convolutions, as SCA
+
 
 def test_zero_init_gamma_starts_as_identity():
     c, d = torch.randn(1, 8, 3, 3), torch.randn(1, 8, 3, 3)

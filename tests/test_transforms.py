@@ -129,6 +129,18 @@ def test_photometric_jitter_is_drawn_per_image(coordinate_pair):
     assert any((d != 200) != (c != 7) for d, c in blues)
 
 
+@pytest.mark.parametrize("in_block,both", [(True, 0.125), (False, 0.0625)])
+def test_brightness_contrast_inside_or_outside_the_block(coordinate_pair, in_block, both):
+    """Each image is jittered with probability 0.25 either way (p = 0.5, then 0.5); inside the block the two images
+    of a case are jittered together more often (0.5 · 0.5 · 0.5) than when each is drawn on its own (0.25²)."""
+    ds = _pair_dataset(coordinate_pair, p=0.5, flips=False, affine=False, rotate90=False, brightness_contrast=True,
+                       brightness_contrast_in_block=in_block)
+    changed = np.array([((it["derm"][2] != 200).any().item(), (it["clinic"][2] != 7).any().item())
+                        for it in (ds[0]["images"] for _ in range(1200))])
+    assert np.abs(changed.mean(0) - 0.25).max() < 0.04
+    assert abs(changed.all(1).mean() - both) < 0.03
+
+
 def test_evaluation_views_are_not_augmented():
     img = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
     t = geometric(40, False, DEFAULT_AUGMENT)

@@ -24,7 +24,7 @@ from skinlesion.data.info import DataInfo
 from skinlesion.data.metadata import MetadataVectorizer, build_vectorizer
 from skinlesion.data.table import CaseTable, check_root
 from skinlesion.data.tasks import DERM7PT_TASK_COLUMNS, select_tasks
-from skinlesion.data.transforms import geometric, photometric, resize, resolve_augment, to_tensor
+from skinlesion.data.transforms import block_gated, geometric, photometric, resize, resolve_augment, to_tensor
 from skinlesion.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ class CaseDataset(Dataset):
         self.resize = resize(image_size)   # per image: the images of a case may differ in size
         self.geo = geometric(image_size, train, augment, extra_keys=keys[1:])
         self.photo = photometric(train, augment)
+        # brightness/contrast inside the block: this dataset draws whether the block fires (probability p)
+        self.block_p = resolve_augment(augment)["p"] if train and block_gated(augment) else None
         self.cached = cached or {}
         # albumentations keeps its own random state, independent of the global seeds. Training reads items as
         # (index, epoch) from an EpochSampler and reseeds per case and epoch, so a case's augmentation depends on
@@ -55,6 +57,7 @@ class CaseDataset(Dataset):
         self.geo.set_random_seed(seed)
         if self.photo is not None:
             self.photo.set_random_seed(seed + 1)
+        self._block_rng = np.random.default_rng(seed + 2)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -90,11 +93,13 @@ class CaseDataset(Dataset):
     def _images(self, row: int) -> dict[str, torch.Tensor]:
         # each image to the input size on its own, then the geometry the images of the case share
         imgs = {k: self.resize(image=self._load(k, row))["image"] for k in self.keys}
-        out = self.geo(image=imgs[self.keys[0]], **{k: imgs[k] for k in self.keys[1:]})
+        fires = self.block_p is None or self._block_rng.random() < self.block_p
+        out = self.geo(image=imgs[self.keys[0]], **{k: imgs[k] for k in self.keys[1:]}) if fires else \
+            {"image" if k == self.keys[0] else k: imgs[k] for k in self.keys}
         images = {}
         for k in self.keys:
             img = out["image" if k == self.keys[0] else k]
-            if self.photo is not None:
+            if self.photo is not None and fires:
                 img = self.photo(image=img)["image"]
             images[k] = to_tensor(img)
         return images

@@ -5,7 +5,8 @@ albumentations pipeline of :mod:`skinlesion.data.transforms`:
   per axis and truncated to whole pixels as albumentations does, one isotropic scale, rotation about the image
   centre, borders mirrored without repeating the edge pixel, i.e. ``BORDER_REFLECT_101``), a random 90° rotation
   (0-3 quarter turns), each with probability 0.5, in that order;
-- brightness/contrast per image with probability ``0.5 * p``, independently of the block (chapters 5-6);
+- brightness/contrast per image (chapters 5-6): inside the block, with probability 0.5 once it fires (the
+  default), or on its own with probability ``0.5 * p`` (``brightness_contrast_in_block: false``);
 - every image of a case (clinical + dermoscopy) gets the same geometric parameters.
 
 Why not kornia or torchvision v2: torchvision's v2 transforms draw one set of parameters per call, i.e. per batch.
@@ -110,7 +111,8 @@ class BatchAugment:
         if a["brightness_contrast"] and a["p"] > 0:
             for j, k in enumerate(self.keys):
                 c = GEO_DRAWS + PHOTO_DRAWS * j
-                on = u[:, c] < 0.5 * a["p"]
+                # inside the block (the default): once the block fires, 0.5; on its own: 0.5 * p
+                on = block & (u[:, c] < 0.5) if a["brightness_contrast_in_block"] else u[:, c] < 0.5 * a["p"]
                 alpha = 1.0 + (-BC_LIMIT + 2 * BC_LIMIT * u[:, c + 1])
                 beta = (-BC_LIMIT + 2 * BC_LIMIT * u[:, c + 2]) * MAX_VALUE
                 photo[k] = (on, alpha, beta)

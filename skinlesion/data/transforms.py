@@ -25,6 +25,9 @@ DEFAULT_AUGMENT = {
     "rotate": 45,                  # degrees
     "rotate90": True,
     "brightness_contrast": False,
+    # brightness/contrast as one more operation of the block (probability 0.5 once the block fires, per image), as
+    # the published recipe lists it; false: drawn on its own, probability 0.5·p, whether or not the block fires
+    "brightness_contrast_in_block": True,
 }
 
 
@@ -55,6 +58,13 @@ def resize(image_size: int) -> A.Resize:
     return A.Resize(image_size, image_size)
 
 
+def block_gated(aug: dict) -> bool:
+    """Whether the caller decides when the augmentation block fires (brightness/contrast inside the block): the
+    geometric block is then built with probability 1 and applied, with the photometric jitter, only then."""
+    aug = resolve_augment(aug)
+    return bool(aug["p"] > 0 and aug["brightness_contrast"] and aug["brightness_contrast_in_block"])
+
+
 def geometric(image_size: int, train: bool, aug: dict, extra_keys: Sequence[str] = ()) -> A.Compose:
     """Resize (no crop) and, for training, the geometric block; extra keys get the same parameters. All targets
     must be of one size: :class:`~skinlesion.data.datamodule.CaseDataset` passes them through :func:`resize` first,
@@ -69,19 +79,20 @@ def geometric(image_size: int, train: bool, aug: dict, extra_keys: Sequence[str]
             block.append(shift_scale_rotate(aug["shift"], aug["scale"], aug["rotate"]))
         if aug["rotate90"]:
             block.append(A.RandomRotate90(p=0.5))
-        ops.append(A.Sequential(block, p=aug["p"]))
+        ops.append(A.Sequential(block, p=1.0 if block_gated(aug) else aug["p"]))
     return A.Compose(ops, additional_targets={k: "image" for k in extra_keys})
 
 
 def photometric(train: bool, aug: dict) -> A.Compose | None:
     """Brightness/contrast, drawn independently per image of a pair (chapters 5-6; off in chapter 4).
 
-    Inside the augmentation block (probability ``p``) it fires with probability 0.5, hence ``0.5 * p``.
+    Inside the augmentation block (the default) it is applied with probability 0.5 once the block has fired
+    (:func:`block_gated`: the caller draws the block); drawn on its own it has probability ``0.5 * p``.
     """
     aug = resolve_augment(aug)
     if not (train and aug["p"] > 0 and aug["brightness_contrast"]):
         return None
-    return A.Compose([A.RandomBrightnessContrast(p=0.5 * aug["p"])])
+    return A.Compose([A.RandomBrightnessContrast(p=0.5 if block_gated(aug) else 0.5 * aug["p"])])
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:

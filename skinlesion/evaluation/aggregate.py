@@ -249,12 +249,16 @@ def run_outputs(job: Job, pred_branches: Sequence[str]) -> list[tuple[str, objec
         all_space = "all_logits" if info.get("reported") == "all_logits" else "all"   # the run chose the logit reading of JIF(All)
         out = [(f"{method}(OFB)", "fusion"), (f"{method}(All)", all_space)]
     elif info.get("role") == "stage1-main" and set(branches) == {"derm", "clinic", "fusion"}:
-        # FusionM4Net's stage-1 network: its three branch outputs (P_derm, P_clin, P_fusion)
-        out = [(f"{method}(P_derm)", "derm"), (f"{method}(P_clin)", "clinic"), (f"{method}(P_fusion)", "fusion")]
-    elif set(branches) == {"p1", "p2", "p3"}:   # FusionM4Net stage 2: both fusion schemes and their mix
+        # FusionM4Net's stage-1 network: its three branch outputs (P_derm, P_clin, P_fusion) and their equal-weight
+        # average (Table 6.5's "P1 (averaged)")
+        out = [(f"{method}(P_derm)", "derm"), (f"{method}(P_clin)", "clinic"), (f"{method}(P_fusion)", "fusion"),
+               (f"{method}(P1 averaged)", "all")]
+    elif {"p1", "p2", "p3"} <= set(branches):   # FusionM4Net stage 2: both fusion schemes and their mixes
         clf = info.get("classifier")
         tag = f"[{clf}]" if clf and clf != "svm" else ""
         out = [(f"{method}{tag}({b.upper()})", b) for b in ("p1", "p2", "p3")]
+        if "p3_avg" in branches:
+            out.append((f"{method}{tag}(P3 averaged)", "p3_avg"))
     else:
         reported = info.get("reported") or ("all" if len(branches) > 1 else branches[0])
         out = [(method, reported)]
@@ -298,6 +302,7 @@ def evaluate_jobs(jobs: Sequence[Job]) -> tuple[pd.DataFrame, dict]:
                     details[key] = m
                     new.append({
                         "run": str(j.path), "sweep": str(j.sweep) if j.sweep else None, "dataset": dataset,
+                        "experiment": info.get("experiment"),
                         "model": info.get("model"), "base_method": info.get("method"), "method": label,
                         "combination": P.combination_label(comb), "backbone": info.get("backbone"),
                         "backbone_label": backbone_label(info.get("backbone")), "fold": info.get("fold"),
@@ -308,7 +313,7 @@ def evaluate_jobs(jobs: Sequence[Job]) -> tuple[pd.DataFrame, dict]:
             rows += new
         except Exception as e:  # a broken artefact must show up in the report, not abort it
             j.status, j.reason = "invalid", f"could not evaluate predictions: {type(e).__name__}: {e}"
-    cols = ["run", "sweep", "dataset", "model", "base_method", "method", "combination", "backbone", "backbone_label",
+    cols = ["run", "sweep", "dataset", "experiment", "model", "base_method", "method", "combination", "backbone", "backbone_label",
             "fold", "seed", "block", "split", "main_metric", "score", "avg_acc", "avg_bac", "avg_auc", "n_cases"]
     return pd.DataFrame(rows, columns=cols), details
 

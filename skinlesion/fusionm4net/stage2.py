@@ -19,8 +19,9 @@ Steps:
 2. Fusion Scheme 2: per task, a classifier fitted on [P1 of all tasks ; m20 metadata] of the held-out cases
    only; P2 = its probabilities on validation and test. P3 = w·P1 + (1 − w)·P2 with the first w of
    ``linspace(0, 1, 100)`` that maximises validation AVG ACC, applied unchanged to test.
-3. An ordinary run directory: predictions with branches ``p1``, ``p2``, ``p3``, ``metrics.json``, ``run.json``
-   (``reported: p3``) and ``stage2.json`` (inputs and settings).
+3. An ordinary run directory: predictions with branches ``p1``, ``p2``, ``p3`` and ``p3_avg`` (= (P1 + P2)/2, the
+   equal-weight mix the searched w is compared with), ``metrics.json``, ``run.json`` (``reported: p3``) and
+   ``stage2.json`` (inputs and settings).
 
 The held-out cases are predicted by a model that never saw them, so the classifier learns how stage-1
 probabilities of unseen cases relate to the truth; validation stays free for the weight searches and test for the
@@ -46,7 +47,8 @@ from skinlesion.evaluation.search import fuse, search_line, search_simplex
 
 DATASET = "derm7pt"
 SCHEME1_BRANCHES = ("derm", "clinic", "fusion")   # this order fixes the search's lexicographic tie-break
-OUTPUT_BRANCHES = ("p1", "p2", "p3")
+# P1, P2, P3 and the equal-weight mix of P1 and P2 ("P3 (averaged)", Table 6.6's baseline for the searched w)
+OUTPUT_BRANCHES = ("p1", "p2", "p3", "p3_avg")
 HOLDOUT = "holdout"
 META_VARIANT = "m20"
 W_STEPS = 100
@@ -401,8 +403,9 @@ def run_stage2(main_dir: str | Path, sub_dir: str | Path, out_dir: str | Path | 
     s2 = search_line(p1["val"], p2["val"], y["val"], W_STEPS)
     w = float(s2.weights[0])
     p3 = {s: fuse([p1[s], p2[s]], [w, 1.0 - w]) for s in ("val", "test")}
+    p3_avg = {s: fuse([p1[s], p2[s]], [0.5, 0.5]) for s in ("val", "test")}
 
-    out_frames = {s: P.to_frame(ids[s], y[s], {"p1": p1[s], "p2": p2[s], "p3": p3[s]}, classes)
+    out_frames = {s: P.to_frame(ids[s], y[s], {"p1": p1[s], "p2": p2[s], "p3": p3[s], "p3_avg": p3_avg[s]}, classes)
                   for s in ("val", "test")}
     metrics: dict = {"main_metric": "avg_acc", "reported": "p3", "branches": list(OUTPUT_BRANCHES), "tasks": classes,
                      "params": main_info.get("params")}

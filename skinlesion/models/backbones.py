@@ -26,16 +26,26 @@ def _resolve_pretrained(pretrained: bool | str | None) -> tuple[bool, dict]:
 class Backbone(nn.Module):
     """A timm model used as a feature extractor: global-average-pooled features of the last stage."""
 
-    def __init__(self, name: str, pretrained: bool | str | None = False, drop_path_rate: float = 0.0):
+    def __init__(self, name: str, pretrained: bool | str | None = False, drop_path_rate: float | None = None):
+        """``drop_path_rate``: the stochastic-depth rate, passed to timm whenever it is given (0 included); None
+        keeps timm's default for the architecture (0.1 for Swin-T, 0 for the CNNs)."""
         super().__init__()
         if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
             close = difflib.get_close_matches(name, timm.list_models(), n=5)
             raise ConfigError(f"backbone.name={name!r} is not a timm model; close matches: {close}")
         use_pretrained, extra = _resolve_pretrained(pretrained)
-        kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
         self.name = name
         try:
-            self.model = timm.create_model(name, pretrained=use_pretrained, num_classes=0, **extra, **kwargs)
+            try:
+                kwargs = {} if drop_path_rate is None else {"drop_path_rate": float(drop_path_rate)}
+                self.model = timm.create_model(name, pretrained=use_pretrained, num_classes=0, **extra, **kwargs)
+            except TypeError as e:   # an architecture without stochastic depth (DenseNet, Xception)
+                if "drop_path_rate" not in str(e) or drop_path_rate is None:
+                    raise
+                if float(drop_path_rate) != 0.0:
+                    raise ConfigError(f"backbone.drop_path_rate={drop_path_rate}: {name} has no stochastic depth; "
+                                      "set it to 0") from None
+                self.model = timm.create_model(name, pretrained=use_pretrained, num_classes=0, **extra)
         except (OSError, RuntimeError, ValueError) as e:
             if not use_pretrained:
                 raise

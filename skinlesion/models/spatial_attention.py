@@ -14,6 +14,8 @@ Blocks built from it:
 - ``sca`` (shared cross attention): as ``bab`` but one set of q/k/v convolutions serves both modalities (half the
   parameters); needs equal channel widths.
 - ``self`` (self-attention per modality): C' = C + v_C·M_C, D' = D + v_D·M_D.
+- ``sca_self`` (shared self-attention, the self-attention reading of SCA): as ``self`` with the one set of
+  convolutions of ``sca`` serving both modalities.
 
 At stride 4 the map has 3,136 × 3,136 entries per sample; with keys as the softmax axis the block runs through
 PyTorch's fused ``scaled_dot_product_attention`` (scale 1), which never materialises it on GPU.
@@ -138,3 +140,13 @@ class SharedCrossBlock(_Block):
     def forward(self, c, d):
         self._check(c, d)
         return self.refine(c, *self.qk(d)), self.refine(d, *self.qk(c))
+
+
+@register_block("sca_self")
+class SharedSelfBlock(SharedCrossBlock):
+    """Each modality attends to itself through one shared set of q/k/v convolutions (the self-attention reading of
+    SCA)."""
+
+    def forward(self, c, d):
+        self._check(c, d)
+        return self.refine(c, *self.qk(c)), self.refine(d, *self.qk(d))

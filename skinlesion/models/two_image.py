@@ -11,7 +11,7 @@ One class covers the chapter's structures, chosen by configuration:
   (MobileNetV3-Small clinical with Swin-T dermoscopy by default);
 - ``shared_encoder``: one encoder for both images (PEMM), run once over the two images stacked on the batch axis
   (which matters for BatchNorm backbones: both modalities share the batch statistics);
-- ``block``: none (CAT), aab, bab, sca or self (see :mod:`skinlesion.models.spatial_attention`);
+- ``block``: none (CAT), aab, bab, sca, self or sca_self (see :mod:`skinlesion.models.spatial_attention`);
 - ``fusion_input``: concat ([f_C; f_D], default), derm_only (f_D alone: the reading under which the thesis's
   AAB parameter counts come out exactly) or sum (f_C + f_D, FusionNet);
 - ``shared_classifier``: one head serves both single-image branches;
@@ -55,10 +55,11 @@ class TwoImageNetwork(Network):
     @classmethod
     def branch_inputs(cls, cfg, info):
         # Attention blocks pass information between the encoders: aab refines the dermoscopy map with the clinical
-        # one (the clinical map passes unchanged), bab and sca work both ways; none (CAT) and self keep them apart.
+        # one (the clinical map passes unchanged), bab and sca work both ways; none (CAT), self and sca_self keep
+        # them apart.
         # A shared encoder runs the images as one batch, but in eval mode every sample is computed on its own.
         block = cfg.get("block", "none") if list(cfg.get("block_stages", (1, 2, 3, 4))) else "none"
-        apart = block in ("none", "self")
+        apart = block in ("none", "self", "sca_self")
         derm = ("derm",) if apart else ("derm", "clinic")
         clinic = ("clinic",) if apart or block == "aab" else ("clinic", "derm")
         fused = derm if cfg.get("fusion_input", "concat") == "derm_only" else tuple(dict.fromkeys(derm + clinic))
