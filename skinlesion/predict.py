@@ -1,27 +1,35 @@
-"""Predict new cases with a trained model: ``python predict.py CKPT --images FILES_OR_DIRS... [--metadata CSV]``.
+"""Predict new cases with a trained run: ``python predict.py RUN_DIR --root DIR [--split NAME] [--out FILE]``.
 
 Every checkpoint written during training carries an *inference payload* (:func:`inference_payload`, saved by
 ``MultiTaskModule.on_save_checkpoint``): the resolved config, tasks and classes, the image keys the network reads,
 image size, normalisation, test-time views, the fitted metadata vectorizer and the inputs each branch needs. A
-prediction therefore needs the checkpoint and the new files only; nothing is refitted.
+prediction therefore needs the run directory (or a checkpoint) and the new files only; nothing is refitted, and the
+training data may be gone.
 
 Input convention (one case = one row of the output):
 
-* ``--metadata CSV`` in the dataset's official layout (the columns the model was trained on): one case per row,
-  in CSV order. Images are matched to rows by the dataset's own image-id column: PAD-UFES-20 ``img_id`` (a file
-  name), ISIC-2019 ``image`` (a file stem), derm7pt ``derm`` and ``clinic`` (paths as in ``meta.csv``; a file matches
-  by that relative path under a given directory, or by its name). Every given image must match a row. Case ids:
-  ``img_id``, ``image``, derm7pt ``case_num``.
-* without ``--metadata``, for a one-image model: one case per image file (directories are searched recursively),
-  the case id being what the dataset's id column would hold (PAD file name, ISIC stem, derm7pt relative path).
-  Two-image models need the CSV (it says which file is which modality of which case).
+* ``--root DIR``: every case of a directory in the official layout of the run's dataset (PAD-UFES-20
+  ``metadata.csv`` + ``images/``; ISIC-2019 ``ISIC_2019_Training_Metadata.csv`` + ``ISIC_2019_Training_Input/``;
+  derm7pt ``meta/meta.csv`` + ``images/``); label columns and index files are optional. ``--split`` keeps one
+  official split (derm7pt's index files; for PAD-UFES-20 and ISIC-2019 the run's own partition in its folds.csv).
+  Without a metadata file, PAD-UFES-20 and ISIC-2019 give one case per image file.
+* or ``--metadata CSV`` with the dataset's official columns and ``--images`` files or directories: images are
+  matched to rows by the dataset's image-id column (PAD-UFES-20 ``img_id``, ISIC-2019 ``image``, derm7pt ``derm``
+  and ``clinic``); every image named on the command line must match a row; without ``--metadata``, one case per
+  image (one-image models). Case ids: ``img_id``, ``image``, derm7pt ``case_num``.
 
-A case that lacks an input (a metadata column absent from the CSV or, in a row, an empty field the training split
-never left empty; an image not given) is predicted from the branches that do not need it (the mean of their
-probabilities, as the ``all`` output is), and the ``output`` and ``missing`` columns say so; a model without such a
-branch stops with an error naming the file, row and field. Empty fields that were also empty in training rows are
-encoded as in training (that is what the model learned). A category outside the fitted vocabulary is encoded as
-an all-zero block, as during training, with a warning and a ``notes`` entry.
+The output has ``case_id``, ``inputs`` (what the row was predicted from, e.g. ``clinic+meta``), the
+``prob/<output>/<task>/<class>`` columns of every branch of the network and of the run's reported output (for
+chapter-5/6 runs the searched weighting, with the run's saved weights), named and ordered as the run's
+``predictions/*.parquet``, then ``missing`` and ``notes``.
+
+A case that lacks an input (a metadata column absent, or in a row an empty field the training split never left
+empty; an image not there) is predicted from the branches that do not need it (the reported column is then the mean
+of their probabilities, as the ``all`` output is; the other branches' columns are empty), and ``inputs`` and
+``missing`` say so; a case no branch can predict stops the run with one line naming the file, row and field, or is
+left out with ``--skip-unusable`` (counted). Empty fields that were also empty in training rows are encoded as in
+training (that is what the model learned). A category outside the fitted vocabulary is encoded as an all-zero block,
+as during training, with a warning and a ``notes`` entry.
 """
 from __future__ import annotations
 
@@ -125,6 +133,7 @@ class Predictor:
     output: str                                  # the reported output: a branch, all, all_logits or searched
     weights: dict[str, float] | None = None      # searched branch weights (output == "searched")
     notes: list[str] = field(default_factory=list)
+    run_dir: Path | None = None                  # the run the checkpoint belongs to (its folds.csv, metrics.json)
 
     @property
     def dataset(self) -> str:
@@ -135,14 +144,15 @@ class Predictor:
         return self.payload["branch_inputs"]
 
 
-def _resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
-    """(checkpoint file, its run directory or None). A directory is a run: its evaluated (best) checkpoint."""
+def _resolve_checkpoint(path: Path, which: str = "best") -> tuple[Path, Path | None]:
+    """(checkpoint file, its run directory or None). A directory is a run: its ``which`` checkpoint (``best``: the
+    one its evaluation used, ``last``, ``swa``, or a file)."""
     from skinlesion.run import _checkpoint
 
     if path.is_dir():
         if not (path / "checkpoints").is_dir():
             raise ConfigError(f"{path}: not a run directory (no checkpoints/) and not a checkpoint file")
-        return _checkpoint(path, "best"), path
+        return _checkpoint(path, which), path
     if not path.is_file():
         raise ConfigError(f"checkpoint {str(path)!r}: no such file or run directory")
     run_dir = path.parent.parent
@@ -160,8 +170,8 @@ def _searched_weights(run_dir: Path | None, ckpt: Path) -> dict[str, float] | No
     return {str(b): float(w) for b, w in metrics["search"]["weights"].items()}
 
 
-def load_predictor(checkpoint: str | Path, device: str = "cpu") -> Predictor:
-    """Rebuild the trained module from a checkpoint file or a run directory (its evaluated checkpoint)."""
+def load_predictor(checkpoint: str | Path, device: str = "cpu", which: str = "best") -> Predictor:
+    """Rebuild the trained module from a checkpoint file or a run directory (its ``which`` checkpoint)."""
     import torch
     from omegaconf import OmegaConf
 
@@ -171,7 +181,7 @@ def load_predictor(checkpoint: str | Path, device: str = "cpu") -> Predictor:
     from skinlesion.data.tasks import Task
     from skinlesion.train import build_module
 
-    ckpt, run_dir = _resolve_checkpoint(Path(checkpoint))
+    ckpt, run_dir = _resolve_checkpoint(Path(checkpoint), which)
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as e:   # not a torch file, truncated, or pickled objects beyond plain values
@@ -200,7 +210,8 @@ def load_predictor(checkpoint: str | Path, device: str = "cpu") -> Predictor:
         notes.append(f"the run reports a searched weighting of its branches, which lives in its metrics.json, not "
                      f"in the checkpoint; predicting its '{payload['report']}' output (pass the run directory to "
                      f"use the searched weights)")
-    return Predictor(module, payload, ckpt, vec, "searched" if weights else payload["report"], weights, notes)
+    return Predictor(module, payload, ckpt, vec, "searched" if weights else payload["report"], weights, notes,
+                     run_dir)
 
 
 def _payload_from_run(ckpt: Path, run_dir: Path | None) -> dict:
@@ -228,7 +239,7 @@ class _Cases:
     notes: list[list[str]]
 
 
-def _collect_images(images: Sequence[str | Path]) -> list[tuple[Path, str, bool]]:
+def _collect_images(images: Sequence[str | Path], allow_empty: bool = False) -> list[tuple[Path, str, bool]]:
     """(file, key relative to the given directory or its name, named explicitly) for every given file and image
     under a given directory."""
     found: list[tuple[Path, str, bool]] = []
@@ -236,7 +247,7 @@ def _collect_images(images: Sequence[str | Path]) -> list[tuple[Path, str, bool]
         p = Path(arg).expanduser()
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            if not files:
+            if not files and not allow_empty:
                 raise DataError(f"--images {arg}: the directory holds no image files ({sorted(IMAGE_SUFFIXES)})")
             found += [(f, f.relative_to(p).as_posix(), False) for f in files]
         elif p.is_file():
@@ -313,7 +324,7 @@ def _cases_from_csv(pred: Predictor, csv: Path, files: list[tuple[Path, str, boo
                 raise DataError(f"{csv}, line {lines[r]}, column '{col}': {value!r} matches several files "
                                 f"{[str(h) for h in hits]}; give one of them")
             if not hits:
-                missing[r][k] = f"{col} {value!r} not among --images"
+                missing[r][k] = f"{col} {value!r}: no such image file"
                 continue
             images[k][r] = hits[0]
             used.add(hits[0])
@@ -337,6 +348,80 @@ def _cases_from_images(pred: Predictor, files: list[tuple[Path, str, bool]]) -> 
     ids = [_case_id_of_file(pred.dataset, rel) for _, rel, _ in files]
     return _Cases(ids, [None] * len(files), {keys[0]: [f for f, _, _ in files]}, None, "--images",
                   [{} for _ in files], [[] for _ in files])
+
+
+# Per dataset, the official layout: the metadata file (relative to the root) and the image folders searched.
+ROOT_LAYOUT = {"pad_ufes": ("metadata.csv", ("images",)),
+               "isic2019": ("ISIC_2019_Training_Metadata.csv", ("{image_dir}",)),
+               "derm7pt": ("meta/meta.csv", ("images",))}
+
+
+def cases_from_root(pred: Predictor, root: str | Path, split: str | None = None) -> _Cases:
+    """Every case of a directory in the run's dataset's official layout (label columns and index files optional),
+    or those of the official split ``split``: derm7pt's index files in the directory, for PAD-UFES-20 and ISIC-2019
+    the partition of that name in the run's folds.csv. A case keeps what it lacks in ``missing``."""
+    dataset = pred.dataset
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"--root {root}: not a directory")
+    meta_rel, folders = ROOT_LAYOUT[dataset]
+    image_dir = (pred.payload["config"].get("data") or {}).get("image_dir") or "ISIC_2019_Training_Input"
+    dirs = [root / f.format(image_dir=image_dir) for f in folders]
+    files = [f for d in dirs if d.is_dir() for f in _collect_images([d], allow_empty=True)] \
+        if pred.payload["image_keys"] else []
+    csv = root / meta_rel
+    if csv.is_file():
+        cases = _cases_from_csv(pred, csv, files)
+    elif dataset == "derm7pt":
+        raise DataError(f"{csv}: not found; derm7pt cases are defined by meta/meta.csv (it says which file is the "
+                        "clinical and which the dermoscopic image of each case)")
+    elif not pred.payload["image_keys"]:
+        raise DataError(f"{csv}: not found; the model reads metadata only")
+    else:
+        if not files:
+            raise DataError(f"--root {root}: neither {meta_rel} nor any image under {[str(d) for d in dirs]}")
+        cases = _cases_from_images(pred, files)
+        for m in cases.missing:
+            if pred.vectorizer is not None:
+                m[META] = f"no {meta_rel}"
+    return cases if split is None else _select_split(pred, cases, root, split)
+
+
+def _select_split(pred: Predictor, cases: _Cases, root: Path, split: str) -> _Cases:
+    if pred.dataset == "derm7pt":
+        from skinlesion.data.derm7pt import INDEX_FILES, index_rows
+
+        part = {"valid": "val", "validation": "val"}.get(split, split)
+        if part not in INDEX_FILES:
+            raise ConfigError(f"--split {split}: expected one of {sorted(INDEX_FILES)} (derm7pt's index files)")
+        rows = index_rows(root, part)
+        bad = rows[(rows < 0) | (rows >= len(cases.ids))]
+        if bad.size:
+            raise DataError(f"{root / 'meta' / INDEX_FILES[part]}: row {int(bad[0])} outside meta/meta.csv "
+                            f"({len(cases.ids)} rows)")
+        return _subset(cases, sorted(rows.tolist()))   # meta.csv order, as the saved predictions
+    folds = None if pred.run_dir is None else pred.run_dir / "folds.csv"
+    if folds is None or not folds.is_file():
+        raise ConfigError(f"--split {split}: the {pred.dataset} partitions are the run's own (folds.csv); pass "
+                          "the run directory rather than a checkpoint file")
+    table = pd.read_csv(folds, dtype={"case_id": str})
+    wanted = table.loc[table["partition"] == split, "case_id"].tolist()
+    if not wanted:
+        raise ConfigError(f"--split {split}: no such partition in {folds} (it has "
+                          f"{sorted(table['partition'].unique())})")
+    position = {c: i for i, c in enumerate(cases.ids)}
+    absent = [c for c in wanted if c not in position]
+    if absent:
+        raise DataError(f"--split {split}: {len(absent)} case(s) of the run's {split} partition are not in "
+                        f"{cases.source}, first: {absent[0]!r}")
+    return _subset(cases, [position[c] for c in wanted])
+
+
+def _subset(cases: _Cases, rows: list[int]) -> _Cases:
+    return _Cases([cases.ids[i] for i in rows], [cases.lines[i] for i in rows],
+                  {k: [v[i] for i in rows] for k, v in cases.images.items()},
+                  None if cases.frame is None else cases.frame.iloc[rows].reset_index(drop=True), cases.source,
+                  [cases.missing[i] for i in rows], [cases.notes[i] for i in rows])
 
 
 def _encode_metadata(pred: Predictor, cases: _Cases) -> np.ndarray:
@@ -463,44 +548,56 @@ def _branch_outputs(pred: Predictor, data: _CaseDataset, device: str, batch_size
     return cat(probs), cat(logits)
 
 
-def _output_name(branches: list[str]) -> str:
-    return branches[0] if len(branches) == 1 else f"mean({','.join(branches)})"
-
-
 def predict(checkpoint: str | Path | Predictor, images: Sequence[str | Path] = (), metadata: str | Path | None = None,
-            tta: str | None = None, device: str | None = None, batch_size: int = 32,
-            branches: bool = False) -> pd.DataFrame:
-    """One row per case (see the module docstring for the input convention): ``case_id``, the image file of each
-    modality (``image/<key>``), ``prob/output/<task>/<class>`` and ``pred/<task>`` (the predicted class name),
-    ``output`` (which output produced them), ``missing`` (inputs the case lacks) and ``notes``. ``branches`` adds
-    every branch's probabilities (``prob/<branch>/<task>/<class>``; empty where the branch needs a missing input).
-    ``tta`` overrides the run's test-time views (none, flips, six)."""
+            root: str | Path | None = None, split: str | None = None, tta: str | None = None,
+            device: str | None = None, batch_size: int = 32, which: str = "best",
+            skip_unusable: bool = False) -> pd.DataFrame:
+    """One row per case: ``case_id``, ``inputs`` (what the row was predicted from), ``prob/<output>/<task>/<class>``
+    for every branch of the network (empty where the branch needs an input the case lacks) and for the run's
+    reported output (the searched weighting of chapter-5/6 runs), with the saved predictions' names and class
+    order; ``missing`` and ``notes`` explain. Cases come from ``root`` (a directory in the dataset's official
+    layout; ``split``: one official split of it) or from ``images`` and ``metadata``. ``which`` picks the run's
+    checkpoint (best, last, swa or a file), ``tta`` overrides its test-time views; ``skip_unusable`` leaves out
+    cases that no output can predict instead of stopping (their number is ``frame.attrs["skipped"]``)."""
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if root is not None and (images or metadata is not None):
+        raise ConfigError("--root reads the cases from a directory in the official layout; leave out --images and "
+                          "--metadata")
+    if split is not None and root is None:
+        raise ConfigError("--split selects an official split of --root; pass --root")
     files = _collect_images(images)   # a bad path fails before the model is loaded
-    pred = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device)
+    pred = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device, which)
     pred.module.to(device)
     for note in pred.notes:
         log.warning("%s", note)
-    if metadata is not None:
+    if root is not None:
+        cases = cases_from_root(pred, root, split)
+    elif metadata is not None:
         cases = _cases_from_csv(pred, Path(metadata), files)
     elif not pred.payload["image_keys"]:
-        raise ConfigError("the model reads metadata only: pass --metadata with the dataset's CSV")
+        raise ConfigError("the model reads metadata only: pass --root or --metadata with the dataset's CSV")
     else:
         cases = _cases_from_images(pred, files)
     meta = _encode_metadata(pred, cases)
-    plan = _plan(pred, cases)
+    plan = _plan(pred, cases, skip_unusable)
+    keep = [i for i, usable in enumerate(plan) if usable != []]
+    skipped = len(plan) - len(keep)
+    if skipped:
+        cases, meta, plan = _subset(cases, keep), meta[keep], [plan[i] for i in keep]
     _check_images(cases)
     probs, logits = _branch_outputs(pred, _CaseDataset(pred, cases, meta), device, batch_size, tta)
-    return _frame(pred, cases, plan, probs, logits, branches)
+    frame = _frame(pred, cases, plan, probs, logits)
+    frame.attrs["skipped"] = skipped
+    return frame
 
 
-def _plan(pred: Predictor, cases: _Cases) -> list[list[str] | None]:
-    """Per case, the branches to combine (None: all inputs present, the reported output); fails for a case that no
-    branch can predict."""
+def _plan(pred: Predictor, cases: _Cases, skip_unusable: bool = False) -> list[list[str] | None]:
+    """Per case, the branches to combine (None: all inputs present, the reported output; []: none can predict it,
+    kept only with ``skip_unusable``); fails for a case that no branch can predict."""
     inputs = pred.branch_inputs
 
     def usable(miss: dict) -> list[str]:
@@ -508,7 +605,7 @@ def _plan(pred: Predictor, cases: _Cases) -> list[list[str] | None]:
 
     plan: list[list[str] | None] = [usable(m) if m else None for m in cases.missing]
     bad = [i for i, u in enumerate(plan) if u == []]
-    if bad:
+    if bad and not skip_unusable:
         i = bad[0]
         where = (f"{cases.source}, line {cases.lines[i]} (case {cases.ids[i]})" if cases.lines[i]
                  else f"{cases.source} case {cases.ids[i]}")
@@ -517,52 +614,49 @@ def _plan(pred: Predictor, cases: _Cases) -> list[list[str] | None]:
                   if META in cases.missing[i] and pred.vectorizer is not None else "")
         raise DataError(f"{where}: missing input ({what}); every output of this model needs "
                         f"{sorted({x for need in inputs.values() for x in need})}{fields} (branches: "
-                        f"{ {b: list(need) for b, need in inputs.items()} }); {len(bad)} case(s) affected")
+                        f"{ {b: list(need) for b, need in inputs.items()} }); {len(bad)} case(s) affected "
+                        "(--skip-unusable leaves them out)")
     return plan
 
 
-def _frame(pred: Predictor, cases: _Cases, plan, probs: dict, logits: dict, with_branches: bool) -> pd.DataFrame:
+def _frame(pred: Predictor, cases: _Cases, plan, probs: dict, logits: dict) -> pd.DataFrame:
     module, tasks = pred.module, pred.payload["tasks"]
+    inputs_of = pred.branch_inputs
+    branches = list(inputs_of)
     n = len(cases.ids)
-    out = {t: np.zeros((n, len(cls))) for t, cls in tasks.items()}
-    names: list[str] = [""] * n
+    reported = {t: np.zeros((n, len(cls))) for t, cls in tasks.items()}
+    used: list[str] = [""] * n
     groups: dict[tuple | None, list[int]] = {}
     for i, usable in enumerate(plan):
         groups.setdefault(None if usable is None else tuple(usable), []).append(i)
     for usable, rows in groups.items():
         p = {b: {t: v[rows] for t, v in per_task.items()} for b, per_task in probs.items()}
         z = {b: {t: v[rows] for t, v in per_task.items()} for b, per_task in logits.items()}
-        if usable is None and pred.weights:
+        if usable is None and pred.weights:   # the searched weighting of the run, with its saved weights
             total = sum(pred.weights.values())
             combined = {t: sum(w / total * p[b][t].double() for b, w in pred.weights.items()) for t in tasks}
-            name = pred.output
         elif usable is None:
-            combined, name = module.combined_probs(p, z, pred.output), pred.output
-        else:   # the mean of the usable branches' probabilities, as the 'all' output
+            combined = module.combined_probs(p, z, pred.output)
+        else:   # what the usable branches say: their mean, as the 'all' output
             combined = module.combined_probs({b: p[b] for b in usable}, {b: z[b] for b in usable}, "all")
-            name = _output_name(list(usable))
         for t in tasks:
-            out[t][rows] = combined[t].double().numpy()
+            reported[t][rows] = combined[t].double().numpy()
+        names = "+".join(sorted({x for b in (usable or branches) for x in inputs_of[b]}))
         for i in rows:
-            names[i] = name
-    cols: dict = {"case_id": cases.ids}
-    for k, paths in cases.images.items():
-        cols[f"image/{k}"] = [None if p is None else str(p) for p in paths]
-    for t, cls in tasks.items():
-        for j, c in enumerate(cls):
-            cols[f"prob/{OUTPUT}/{t}/{c}"] = out[t][:, j]
-    for t, cls in tasks.items():
-        cols[f"pred/{t}"] = [cls[j] for j in out[t].argmax(1)]
-    cols["output"] = names
+            used[i] = names
+    cols: dict = {"case_id": cases.ids, "inputs": used}
+    for b in branches:
+        ok = np.array([u is None or b in u for u in plan], dtype=bool)
+        for t, cls in tasks.items():
+            v = probs[b][t].double().numpy() if n else np.zeros((0, len(cls)))
+            for j, c in enumerate(cls):
+                cols[f"prob/{b}/{t}/{c}"] = np.where(ok, v[:, j], np.nan)
+    if pred.output not in branches:
+        for t, cls in tasks.items():
+            for j, c in enumerate(cls):
+                cols[f"prob/{pred.output}/{t}/{c}"] = reported[t][:, j]
     cols["missing"] = ["; ".join(f"{k} ({why})" for k, why in m.items()) for m in cases.missing]
     cols["notes"] = ["; ".join(x) for x in cases.notes]
-    if with_branches:
-        for b, per_task in probs.items():
-            ok = np.array([u is None or b in u for u in plan])
-            for t, cls in tasks.items():
-                v = per_task[t].double().numpy()
-                for j, c in enumerate(cls):
-                    cols[f"prob/{b}/{t}/{c}"] = np.where(ok, v[:, j], np.nan)
     return pd.DataFrame(cols)
 
 
@@ -585,33 +679,45 @@ def write(frame: pd.DataFrame, out: str | Path | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python predict.py", description="Predict new cases with a trained checkpoint (or run directory).",
-        epilog="With --metadata, one case per CSV row (the dataset's official columns); images are matched to rows "
-               "by the dataset's image-id column (PAD-UFES-20 img_id, ISIC-2019 image, derm7pt derm/clinic). "
-               "Without it (one-image models only), one case per image file.")
-    ap.add_argument("checkpoint", help="a .ckpt written by training, or a run directory (its evaluated checkpoint)")
-    ap.add_argument("--images", nargs="*", default=[], help="image files and/or directories (searched recursively)")
-    ap.add_argument("--metadata", default=None, help="CSV in the dataset's official layout")
+        prog="python predict.py", description="Predict new cases with a trained run (or one of its checkpoints).",
+        epilog="--root DIR: every case of DIR, a directory in the official layout of the run's dataset (PAD-UFES-20 "
+               "metadata.csv + images/; ISIC-2019 ISIC_2019_Training_Metadata.csv + ISIC_2019_Training_Input/; "
+               "derm7pt meta/meta.csv + images/); label columns and index files are optional. A case without an "
+               "input (its image, or the metadata the model reads) is predicted from the outputs that do not need "
+               "it; the 'inputs' column says what each row used.")
+    ap.add_argument("run", help="a run directory, or a .ckpt written by training")
+    ap.add_argument("--root", default=None, help="a directory in the dataset's official layout")
+    ap.add_argument("--split", default=None,
+                    help="only this official split of --root (derm7pt: train/valid/test index files; PAD-UFES-20 "
+                         "and ISIC-2019: the run's own partitions, e.g. test or val)")
+    ap.add_argument("--checkpoint", default="best", help="best (default: the one the run evaluated), last, swa, or a "
+                                                         "checkpoint file")
     ap.add_argument("--out", default=None, help="FILE.csv or FILE.parquet (default: CSV on standard output)")
+    ap.add_argument("--skip-unusable", action="store_true",
+                    help="leave out cases that no output can predict (counted) instead of stopping")
+    ap.add_argument("--images", nargs="*", default=[],
+                    help="instead of --root: image files and/or directories (matched to --metadata rows by the "
+                         "dataset's image-id column; without --metadata one case per image, one-image models)")
+    ap.add_argument("--metadata", default=None, help="instead of --root: a CSV with the dataset's official columns")
     ap.add_argument("--tta", choices=("none", "flips", "six"), default=None,
                     help="test-time views (default: the run's own)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--branches", action="store_true", help="also write every branch's probabilities")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        frame = predict(args.checkpoint, args.images, args.metadata, tta=args.tta, device=args.device,
-                        batch_size=args.batch_size, branches=args.branches)
+        frame = predict(args.run, args.images, args.metadata, root=args.root, split=args.split, tta=args.tta,
+                        device=args.device, batch_size=args.batch_size, which=args.checkpoint,
+                        skip_unusable=args.skip_unusable)
         write(frame, args.out)
     except SkinLesionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if args.out is not None:
-        fallback = int((frame["missing"] != "").sum())
-        print(f"{len(frame)} case(s) -> {args.out}" + (f" ({fallback} predicted without a missing input; see the "
-                                                       "'output' and 'missing' columns)" if fallback else ""),
-              file=sys.stderr)
+    fallback = int((frame["missing"] != "").sum())
+    skipped = frame.attrs.get("skipped", 0)
+    print(f"{len(frame)} case(s) -> {args.out or 'standard output'}"
+          + (f"; {fallback} predicted without a missing input (see 'inputs' and 'missing')" if fallback else "")
+          + (f"; {skipped} skipped: no output can predict them" if skipped else ""), file=sys.stderr)
     return 0
 
 

@@ -24,7 +24,7 @@ from skinlesion.evaluation import figures as F
 from skinlesion.evaluation import tables as TB
 from skinlesion.evaluation.aggregate import (PRIMARY_SPLIT, REPORTED_SPLITS, collect_jobs, evaluate_jobs,
                                              order_methods, problems_frame, summarise)
-from skinlesion.evaluation.stats import THESIS_METHODS, compare_methods, select_methods
+from skinlesion.evaluation.stats import NO_BACKBONE, THESIS_METHODS, compare_methods, pair_backbone_free, select_methods
 
 METRIC_LABEL = {"bac": "BAC", "avg_acc": "AVG ACC", "avg_auc": "AVG AUC"}
 
@@ -126,7 +126,7 @@ def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[s
         prec = rec[rec.split == primary]
         chosen, sel_notes = select_methods(order_methods(prec["method"]), stats_methods)
         if len(chosen) >= 2:
-            res = compare_methods(prec, ["backbone", "block"], chosen, with_holm=with_holm)
+            res = compare_methods(pair_backbone_free(prec), ["backbone", "block"], chosen, with_holm=with_holm)
             res["notes"] = sel_notes + res["notes"]
             res["selection"] = stats_methods
             wt = TB.WILCOXON_TABLES.get((ds, mm, primary)) if compare else None
@@ -206,8 +206,10 @@ def _confusion_and_tsne(jobs, prec: pd.DataFrame, details: dict, ds: str, mm: st
     out: list[Path] = []
     if prec.empty:
         return out
-    bb = F.backbone_for_figures(list(prec["backbone"].dropna().unique()) or [""])
-    rec = prec[prec.backbone == bb]
+    # one image backbone; methods that use none (metadata only) appear beside it with all their runs
+    image_backbones = [b for b in prec["backbone"].dropna().unique() if b != NO_BACKBONE]
+    bb = F.backbone_for_figures(image_backbones or [""])
+    rec = prec[prec.backbone.isin([bb, NO_BACKBONE])]
     mats, classes = {}, None
     for m in order_methods(rec["method"]):
         runs = rec[rec.method == m]["run"]

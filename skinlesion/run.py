@@ -22,19 +22,24 @@ from omegaconf import DictConfig, OmegaConf
 from skinlesion.errors import ConfigError
 
 
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 def _checkpoint(run_dir: Path, which: str) -> Path:
     """``best``: the checkpoint the run evaluated (metrics.json), else the best-scored file name; ``last``;
-    or a path."""
+    ``swa`` (the averaged weights of the chapter-5 recipe); or a path."""
     ckpts = run_dir / "checkpoints"
-    if which not in ("best", "last"):
+    if which not in ("best", "last", "swa"):
         path = Path(which)
         if not path.is_file():
             raise ConfigError(f"checkpoint {which!r}: no such file")
         return path
-    if which == "last":
-        path = ckpts / "last.ckpt"
+    if which in ("last", "swa"):
+        path = ckpts / f"{which}.ckpt"
         if not path.is_file():
-            raise ConfigError(f"{run_dir}: no checkpoints/last.ckpt")
+            raise ConfigError(f"{run_dir}: no checkpoints/{which}.ckpt")
         return path
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
@@ -110,10 +115,22 @@ class Run:
         return self.module.network
 
     def predict(self, data=None, partition: str = "val", tta: str | None = None, accelerator: str = "auto",
-                precision: str | None = None) -> pd.DataFrame:
+                precision: str | None = None, root: str | Path | None = None, split: str | None = None,
+                skip_unusable: bool = False) -> pd.DataFrame:
         """Per-case predictions (the saved predictions' columns) for ``data``: ``None`` (the run's own
         ``partition``), a LightningDataModule (its ``partition`` loader) or a DataLoader of the project's
-        batches. ``tta`` overrides the run's test-time views (``none``, ``flips``, ``six``)."""
+        batches. ``tta`` overrides the run's test-time views (``none``, ``flips``, ``six``).
+
+        ``root=DIR``: new cases instead, every case of a directory in the dataset's official layout (``split``:
+        one official split of it) — the frame of ``python predict.py RUN_DIR --root DIR`` (:mod:`skinlesion.predict`:
+        an ``inputs`` column, every branch and the reported output, cases lacking an input predicted from the
+        outputs that do not need it)."""
+        if root is not None:
+            from skinlesion.predict import predict as predict_cases
+
+            device = "cuda" if accelerator in ("auto", "gpu", "cuda") and _cuda() else "cpu"
+            return predict_cases(self.dir, root=root, split=split, tta=tta, device=device,
+                                 which=str(self.checkpoint), skip_unusable=skip_unusable)
         import lightning as L
         from lightning.pytorch import LightningDataModule
 

@@ -54,7 +54,7 @@ warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists 
 
 def _identity(cfg: DictConfig) -> dict:
     return {"dataset": cfg.data.dataset, "model": cfg.model.name, "method": cfg.model.method,
-            "backbone": cfg.backbone.name if cfg.model.net.arch != "meta_only" else "none",
+            "backbone": cfg.backbone.name if cfg.model.net.arch != "meta_only" else "none",   # stats.NO_BACKBONE
             "drop_path_rate": cfg.backbone.get("drop_path_rate") if cfg.model.net.arch != "meta_only" else None,
             "fold": None if cfg.data.dataset == "derm7pt" else int(cfg.data.fold), "seed": int(cfg.seed),
             "experiment": cfg.get("group"), "reported": cfg.model.report,

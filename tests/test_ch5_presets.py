@@ -136,6 +136,48 @@ CH5_SWEEPS = {
 }
 
 
+MNV3_S, SWIN_T = "mobilenetv3_small_100", "swin_tiny_patch4_window7_224"
+
+
+def thesis_design(method: str, backbone: str) -> dict:
+    """What a thesis row is, from its name alone (chapter 5): the network, its dermoscopy and clinical encoders
+    (None: the same as the dermoscopy one, or shared), the block, a shared encoder, the fusion head's input, a
+    shared classifier, the one image of a single-modality row and the loss weights of the branches."""
+    equal = {"derm": 1.0, "clinic": 1.0, "fusion": 1.0}
+    two = {"arch": "two_image", "derm": backbone, "clinic": None, "shared_encoder": False, "fusion_input": "concat",
+           "shared_classifier": False, "image_key": None, "weights": equal}
+    if method.startswith("Single-"):
+        return {"arch": "image_only", "derm": backbone, "clinic": None, "block": None, "shared_encoder": None,
+                "fusion_input": None, "shared_classifier": None, "image_key": method.removeprefix("Single-"),
+                "weights": {"image": 1.0}}
+    if method.startswith(("SFF-", "AFF-")):
+        structure, block = method.split("-", 1)
+        block_name = {"CAT": "none", "BAB": "bab", "AAB": "aab"}[block.removesuffix("(concat)")]
+        head = "derm_only" if block_name == "aab" and not block.endswith("(concat)") else "concat"
+        return {**two, "clinic": MNV3_S if structure == "AFF" else None, "block": block_name, "fusion_input": head}
+    if method == "AMMFM-reversed":
+        return {**two, "derm": MNV3_S, "clinic": SWIN_T, "block": "aab", "fusion_input": "derm_only"}
+    if method.startswith("AMMFM"):
+        return {**two, "clinic": MNV3_S, "block": "aab",
+                "fusion_input": "concat" if method.endswith("(concat)") else "derm_only"}
+    if method.startswith("PS-"):
+        return {**two, "block": {"CAT": "none", "CA": "bab", "SCA": "sca"}[method[3:]], "shared_encoder": True}
+    assert method.startswith("PEMM"), method
+    w = method.split("W=")[1] if "W=" in method else "0.1"      # PEMM's biased loss: W·L_clin + (0.5 − W)·L_derm
+    weights = dict.fromkeys(equal, 1 / 3) if w == "eq" else {"derm": 0.5 - float(w), "clinic": float(w), "fusion": 0.5}
+    return {**two, "block": "sca", "shared_encoder": True, "shared_classifier": method.endswith("shared-classifier"),
+            "weights": weights}
+
+
+def _design(cfg) -> dict:
+    net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    clinic = (net.get("clinic_backbone") or {}).get("name")
+    return {"arch": net["arch"], "derm": cfg.backbone.name.split(".")[0], "clinic": clinic and clinic.split(".")[0],
+            "block": net.get("block"), "shared_encoder": net.get("shared_encoder"),
+            "fusion_input": net.get("fusion_input"), "shared_classifier": net.get("shared_classifier"),
+            "image_key": net.get("image_key"), "weights": OmegaConf.to_container(cfg.model.branch_weights, resolve=True)}
+
+
 @pytest.mark.parametrize("experiment", sorted(CH5_SWEEPS))
 def test_chapter5_sweep_presets_compose(experiment, tmp_path):
     n_points, runs, methods = CH5_SWEEPS[experiment]
@@ -151,6 +193,10 @@ def test_chapter5_sweep_presets_compose(experiment, tmp_path):
         assert _settings(cfg) == CH5_RECIPE, point
         assert cfg.backbone.pretrained is True
         seen.add(cfg.model.method)
+        got, want = _design(cfg), thesis_design(cfg.model.method, cfg.backbone.name.split(".")[0])
+        assert got["weights"] == pytest.approx(want.pop("weights")), point
+        got.pop("weights")
+        assert got == want, point                 # each point is built as its thesis row
         net_cfg = OmegaConf.to_container(cfg.model.net, resolve=True)
         if net_cfg.get("clinic_backbone"):
             net_cfg["clinic_backbone"]["pretrained"] = False

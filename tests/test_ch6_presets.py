@@ -69,6 +69,19 @@ def test_one_stage_networks_read_what_their_names_say(tmp_path):
 
 
 CH6_RECIPE = {"name": "adam", "lr": 3e-5, "weight_decay": 0.0}
+# the rest of the chapter-6 recipe, written out: cosine per epoch over 250 epochs, batch 32, 224 px, the full
+# augmentation block with brightness/contrast inside it, plain cross-entropy, six-view TTA
+CH6_SETTINGS = {"scheduler": {"name": "cosine", "T_max": 250, "eta_min": 0.0}, "batch_size": 32, "image_size": 224,
+                "augment": {"p": 0.5, "flips": True, "affine": True, "shift": 0.0625, "scale": 0.5, "rotate": 45,
+                            "rotate90": True, "brightness_contrast": True, "brightness_contrast_in_block": True},
+                "class_weighted": False, "tta": "six"}
+
+
+def _recipe(cfg) -> dict:
+    r = OmegaConf.to_container(cfg, resolve=True)
+    return {"scheduler": r["optim"]["scheduler"], "batch_size": r["data"]["batch_size"],
+            "image_size": r["data"]["image_size"], "augment": r["data"]["augment"],
+            "class_weighted": r["class_weighted"], "tta": r["tta"]}
 # experiment -> (entry config, points without seeds, methods)
 CH6_SWEEPS = {
     "table6_3": ("train", 6, {("C", "image_only"), ("D", "image_only"), ("C-D", "two_image"), ("C-M", "jf"),
@@ -94,6 +107,7 @@ def test_chapter6_sweep_presets_compose(experiment, tmp_path):
             validate_config(cfg)
         assert cfg.group == experiment and cfg.data.dataset == "derm7pt"
         assert OmegaConf.to_container(cfg.optim.optimizer) == CH6_RECIPE and cfg.trainer.max_epochs == 250
+        assert _recipe(cfg) == CH6_SETTINGS, point
         assert cfg.callbacks.get("swa") is None and cfg.callbacks.get("early_stopping") is None
         assert cfg.backbone.name.startswith("resnet50")
         seen.add((cfg.model.method, cfg.model.net.arch))

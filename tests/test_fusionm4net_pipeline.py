@@ -147,3 +147,21 @@ def test_two_classifiers_of_one_seed_in_parallel_train_stage1_once(derm7pt_root,
         assert len(run_record(stage1 / name)["attempts"]) == 1              # trained once
     assert any("in use by another job; waiting" in o for o in outs)
     assert all(run_record(tmp_path / c)["status"] == "completed" for c in ("svm", "logreg"))
+
+
+def test_the_sub_models_training_loader_yields_exactly_the_first_half_of_the_index_file(derm7pt_root):
+    """What the sub model trains on, read from its training loader over two epochs (not from its folds.csv): the
+    first half of meta/train_indexes.csv in file order, every case of it, nothing else."""
+    from skinlesion.data import Derm7ptDataModule
+
+    rows = pd.read_csv(derm7pt_root / "meta" / "train_indexes.csv")["indexes"].to_numpy()
+    dm = Derm7ptDataModule(root=str(derm7pt_root), hold_out="second_half", image_size=32, batch_size=16,
+                           num_workers=0, progress=False, persistent_workers=False)
+    dm.setup()
+    loader = dm.train_dataloader()
+    for epoch in (0, 1):
+        loader.sampler.set_epoch(epoch)
+        seen = [int(i) for batch in loader for i in batch["index"]]
+        assert sorted(seen) == sorted(rows[: len(rows) // 2].tolist())
+    holdout = pd.read_csv(derm7pt_root / "meta" / "meta.csv").iloc[rows[len(rows) // 2:]]
+    assert len(dm.datasets["holdout"]) == len(holdout)

@@ -109,3 +109,47 @@ def test_stochastic_depth_is_stated_per_backbone_and_an_explicit_value_applies(t
         Backbone("densenet121", drop_path_rate=0.0)
         with pytest.raises(ConfigError, match="densenet121 has no stochastic depth"):
             Backbone("densenet121", drop_path_rate=0.2)
+
+
+def test_branch_mean_checkpoint_score_is_each_branch_scored_per_case_then_averaged():
+    """FusionNet's checkpoint score (model.monitor=branch_mean): each branch's accuracy from its own per-case
+    predictions, averaged over the branches. Two epochs where this and the accuracy of the averaged probabilities
+    disagree: epoch A, each branch weakly wrong on one case (the average right on all), epoch B, dermoscopy and
+    clinical right everywhere and fusion strongly wrong on one case (the average wrong there)."""
+    from types import SimpleNamespace
+
+    from skinlesion.data.tasks import Task
+
+    right, weak_right, weak_wrong, strong_wrong = ([0.9, 0.05, 0.05], [0.4, 0.3, 0.3], [0.3, 0.4, 0.3],
+                                                   [0.01, 0.98, 0.01])
+    epochs = {"A": {"derm": [weak_wrong, right, right], "clinic": [right, weak_wrong, right],
+                    "fusion": [right, right, weak_wrong]},
+              "B": {"derm": [weak_right] * 3, "clinic": [weak_right] * 3, "fusion": [strong_wrong, right, right]}}
+
+    class Fixed(torch.nn.Module):
+        branches = ("derm", "clinic", "fusion")
+
+        def __init__(self):
+            super().__init__()
+            self.probs, self.unused = None, torch.nn.Linear(1, 1)
+
+        def forward(self, batch):
+            return {"logits": {b: {"DIAG": torch.tensor(p).log()} for b, p in self.probs.items()},
+                    "features": torch.zeros(3, 1)}
+
+    info = DataInfo("derm7pt", (Task("DIAG", ("a", "b", "c")),), ("derm", "clinic"), 0)
+
+    def score(monitor: str, epoch: str) -> float:
+        net = Fixed()
+        module = MultiTaskModule(net, info, {"derm": 1, "clinic": 1, "fusion": 1}, report="fusion",
+                                 optim={"name": "adam", "lr": 1e-3}, tta="none", monitor=monitor)
+        logged = {}
+        module.log = lambda key, value, **_: logged.__setitem__(key, value)
+        module._trainer = SimpleNamespace(sanity_checking=False)
+        net.probs = epochs[epoch]
+        module.validation_step({"target": torch.zeros(3, 1, dtype=torch.long), "index": torch.arange(3)}, 0)
+        module.on_validation_epoch_end()
+        return logged["val/main"]
+
+    assert score("branch_mean", "A") == pytest.approx(2 / 3) and score("branch_mean", "B") == pytest.approx(8 / 9)
+    assert score("all", "A") == pytest.approx(1.0) and score("all", "B") == pytest.approx(2 / 3)   # the other pick

@@ -1,6 +1,6 @@
-"""Predicting new cases (``python predict.py CKPT --images ... --metadata CSV``): checkpoints carry what inference
-needs, a run's own test cases come out as its saved predictions, and missing inputs fall back to the branches that
-do not need them (or fail, naming the row and field)."""
+"""Predicting new cases (``python predict.py RUN_DIR --root DIR``): checkpoints carry what inference needs, a run's
+own test cases come out as its saved predictions, and missing inputs fall back to the branches that do not need
+them (or fail, naming the row and field)."""
 from __future__ import annotations
 
 import json
@@ -143,57 +143,79 @@ def test_branch_inputs_are_exactly_what_each_branch_reads(net):
 
 
 # ---------------------------------------------------------------------------------------------- predictions
-def test_jif_predictions_of_the_test_cases_equal_the_saved_ones(jif_run, pad_root, tmp_path):
-    csv = _test_rows(jif_run, pad_root / "metadata.csv", "img_id", tmp_path / "test.csv")
-    frame = predict(jif_run, [pad_root / "images"], csv, device="cpu", branches=True)
+def _layout_copy(src: Path, dst: Path, csv: str, edit=None) -> Path:
+    """A directory in the same official layout: the images linked, the metadata CSV (optionally edited) copied."""
+    dst.mkdir(parents=True)
+    for entry in src.iterdir():
+        if entry.is_dir() and entry.name != Path(csv).parent.name:
+            (dst / entry.name).symlink_to(entry.resolve(), target_is_directory=True)
+    (dst / csv).parent.mkdir(parents=True, exist_ok=True)
+    for f in (src / csv).parent.glob("*.csv"):   # the metadata file and, for derm7pt, the index files beside it
+        (dst / csv).parent.joinpath(f.name).write_bytes(f.read_bytes())
+    if edit is not None:
+        df = pd.read_csv(dst / csv)
+        edit(df).to_csv(dst / csv, index=False)
+    return dst
+
+
+def test_jif_predictions_of_the_test_cases_equal_the_saved_ones(jif_run, pad_root):
+    frame = predict(jif_run, root=pad_root, split="test", device="cpu")
     saved = _saved(jif_run)
     assert list(frame["case_id"]) == list(saved.index)
-    assert (frame["output"] == "all").all() and (frame["missing"] == "").all()
-    np.testing.assert_allclose(_probs(frame, "output", "diagnostic"), combine(saved, "all")["diagnostic"], atol=1e-5)
-    for b in ("image", "meta", "fusion"):
-        np.testing.assert_allclose(_probs(frame, b, "diagnostic"), branch_probs(saved, b)["diagnostic"], atol=1e-5)
-    classes = np.array(PAD_UFES_TASKS[0].classes)
-    assert list(frame["pred/diagnostic"]) == list(classes[_probs(frame, "output", "diagnostic").argmax(1)])
-    one_view = predict(jif_run, [pad_root / "images"], csv, device="cpu", tta="none")   # the run used four views
-    assert np.abs(_probs(one_view, "output", "diagnostic") - _probs(frame, "output", "diagnostic")).max() > 1e-4
+    assert (frame["inputs"] == "clinic+meta").all() and (frame["missing"] == "").all()
+    np.testing.assert_allclose(_probs(frame, "all", "diagnostic"), combine(saved, "all")["diagnostic"], atol=1e-5)
+    for b in ("image", "meta", "fusion"):   # the saved predictions' columns, names and class order
+        cols = [c for c in saved.columns if c.startswith(f"prob/{b}/")]
+        np.testing.assert_allclose(frame[cols].to_numpy(float), saved[cols].to_numpy(float), atol=1e-5)
+    one_view = predict(jif_run, root=pad_root, split="test", device="cpu", tta="none")   # the run used four views
+    assert np.abs(_probs(one_view, "all", "diagnostic") - _probs(frame, "all", "diagnostic")).max() > 1e-4
+    every = predict(jif_run, root=pad_root, device="cpu", tta="none")                   # no --split: every case
+    assert len(every) == len(pd.read_csv(pad_root / "metadata.csv"))
 
 
-def test_two_image_predictions_equal_the_saved_ones_with_the_searched_weights(two_run, derm7pt_root, tmp_path):
-    metrics = json.loads((two_run / "metrics.json").read_text())
-    weights = metrics["search"]["weights"]
-    csv = _test_rows(two_run, derm7pt_root / "meta" / "meta.csv", "case_num", tmp_path / "test.csv")
-    frame = predict(two_run, [derm7pt_root / "images"], csv, device="cpu", branches=True)
+def test_two_image_predictions_equal_the_saved_ones_with_the_searched_weights(two_run, derm7pt_root):
+    weights = json.loads((two_run / "metrics.json").read_text())["search"]["weights"]
+    frame = predict(two_run, root=derm7pt_root, split="test", device="cpu")
     saved = _saved(two_run)
-    assert list(frame["case_id"]) == list(saved.index) and (frame["output"] == "searched").all()
+    assert list(frame["case_id"]) == list(saved.index) and (frame["inputs"] == "clinic+derm").all()
     searched = combine(saved, weights)
     for t in (t.name for t in DERM7PT_TASKS):
-        np.testing.assert_allclose(_probs(frame, "output", t), searched[t], atol=1e-5)
+        np.testing.assert_allclose(_probs(frame, "searched", t), searched[t], atol=1e-5)
         for b in ("derm", "clinic", "fusion"):
             np.testing.assert_allclose(_probs(frame, b, t), branch_probs(saved, b)[t], atol=1e-5)
 
 
-def test_two_image_case_without_its_clinical_image_is_predicted_by_the_derm_branch(two_run, derm7pt_root, tmp_path):
-    csv = _test_rows(two_run, derm7pt_root / "meta" / "meta.csv", "case_num", tmp_path / "test.csv")
-    df = pd.read_csv(csv)
-    df.loc[0, "clinic"] = None                       # no clinical image for the first case
-    df.loc[1, "clinic"] = "nowhere/missing.jpg"      # one that is not among the given images
-    df.to_csv(csv, index=False)
-    frame = predict(two_run, [derm7pt_root / "images"], csv, device="cpu")
+def test_two_image_case_without_its_clinical_image_is_predicted_by_the_derm_head(two_run, derm7pt_root, tmp_path):
+    rows = pd.read_csv(derm7pt_root / "meta" / "test_indexes.csv")["indexes"]
+    first = int(rows.iloc[0])
+
+    def no_clinic(df):
+        df.loc[first, "clinic"] = "nowhere/missing.jpg"   # the case's clinical photograph is not there
+        return df
+
+    root = _layout_copy(derm7pt_root, tmp_path / "d7", "meta/meta.csv", no_clinic)
+    frame = predict(two_run, root=root, split="test", device="cpu")
     saved = _saved(two_run)
-    assert list(frame["output"][:2]) == ["derm", "derm"] and (frame["output"][2:] == "searched").all()
-    assert frame["missing"][0].startswith("clinic") and "not among --images" in frame["missing"][1]
+    case = str(pd.read_csv(root / "meta" / "meta.csv")["case_num"][first])
+    i = list(frame["case_id"]).index(case)
+    assert frame["inputs"][i] == "derm" and (frame["inputs"].drop(index=i) == "clinic+derm").all()
+    assert "clinic" in frame["missing"][i] and "no such image file" in frame["missing"][i]
     for t in (t.name for t in DERM7PT_TASKS):
-        np.testing.assert_allclose(_probs(frame, "output", t)[:2], branch_probs(saved, "derm")[t][:2], atol=1e-5)
+        np.testing.assert_allclose(_probs(frame, "searched", t)[i], branch_probs(saved, "derm")[t][i], atol=1e-5)
+        assert np.isnan(_probs(frame, "clinic", t)[i]).all() and np.isnan(_probs(frame, "fusion", t)[i]).all()
 
 
-def test_jif_without_a_metadata_column_predicts_from_the_image_branch(jif_run, pad_root, tmp_path):
-    csv = _test_rows(jif_run, pad_root / "metadata.csv", "img_id", tmp_path / "test.csv")
-    pd.read_csv(csv).drop(columns=["region"]).to_csv(csv, index=False)
-    frame = predict(jif_run, [pad_root / "images"], csv, device="cpu")
-    assert (frame["output"] == "image").all()
-    assert frame["missing"].str.contains("meta").all() and frame["missing"].str.contains("region").all()
-    np.testing.assert_allclose(_probs(frame, "output", "diagnostic"),
-                               branch_probs(_saved(jif_run), "image")["diagnostic"], atol=1e-5)
+def test_jif_without_its_metadata_columns_predicts_from_the_image_branch(jif_run, pad_root, tmp_path):
+    fields = load_predictor(jif_run).vectorizer.field_names
+    root = _layout_copy(pad_root, tmp_path / "pad", "metadata.csv", lambda df: df.drop(columns=fields))
+    frame = predict(jif_run, root=root, split="test", device="cpu")
+    saved = _saved(jif_run)
+    assert (frame["inputs"] == "clinic").all() and frame["missing"].str.startswith("meta (no column").all()
+    np.testing.assert_allclose(_probs(frame, "all", "diagnostic"), branch_probs(saved, "image")["diagnostic"],
+                               atol=1e-5)
+    np.testing.assert_allclose(_probs(frame, "image", "diagnostic"), branch_probs(saved, "image")["diagnostic"],
+                               atol=1e-5)
+    assert np.isnan(_probs(frame, "meta", "diagnostic")).all()
 
 
 def test_an_empty_field_is_missing_only_where_training_never_left_it_empty(jif_run, pad_root, tmp_path):
@@ -205,17 +227,35 @@ def test_an_empty_field_is_missing_only_where_training_never_left_it_empty(jif_r
     df.loc[1, "smoke"] = None   # empty in training rows too: encoded as the model learned it
     df.to_csv(csv, index=False)
     frame = predict(pred, [pad_root / "images"], csv, device="cpu")
-    assert list(frame["output"][:2]) == ["image", "all"] and "age" in frame["missing"][0]
+    assert list(frame["inputs"][:2]) == ["clinic", "clinic+meta"] and "age" in frame["missing"][0]
     assert frame["missing"][1] == ""
 
 
-def test_jf_without_a_metadata_column_is_an_error_naming_the_field(jf_run, pad_root, tmp_path):
-    csv = _test_rows(jf_run, pad_root / "metadata.csv", "img_id", tmp_path / "test.csv")
-    pd.read_csv(csv).drop(columns=["age"]).to_csv(csv, index=False)
-    with pytest.raises(DataError, match=r"test\.csv, line 2 .*no column \['age'\].*needs \['clinic', 'meta'\]"):
-        predict(jf_run, [pad_root / "images"], csv, device="cpu")
-    with pytest.raises(DataError, match="no --metadata"):
-        predict(jf_run, [pad_root / "images"], None, device="cpu")
+def test_jf_without_metadata_and_cases_without_any_input_end_in_one_line(jf_run, jif_run, pad_root, tmp_path,
+                                                                         capsys):
+    from skinlesion.predict import main as predict_main
+
+    root = _layout_copy(pad_root, tmp_path / "pad", "metadata.csv", lambda df: df.drop(columns=["age"]))
+    with pytest.raises(DataError, match=r"metadata\.csv, line 2 .*no column \['age'\].*needs \['clinic', 'meta'\]"):
+        predict(jf_run, root=root, device="cpu")
+    assert predict_main([str(jf_run), "--root", str(root), "--out", str(tmp_path / "jf.csv")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "no column ['age']" in err[-1] and not (tmp_path / "jf.csv").exists()
+
+    def nothing_for_two(df):   # no image file and no metadata for the first two cases
+        df.loc[:1, "img_id"] = "absent.png"
+        df.loc[:1, "age"] = None
+        return df
+
+    root2 = _layout_copy(pad_root, tmp_path / "pad2", "metadata.csv", nothing_for_two)
+    assert predict_main([str(jif_run), "--root", str(root2), "--tta", "none"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "line 2 (case absent.png)" in err[-1] and "2 case(s)" in err[-1]
+    out = tmp_path / "skipped.csv"
+    args = [str(jif_run), "--root", str(root2), "--tta", "none", "--skip-unusable", "--out", str(out)]
+    assert predict_main(args) == 0
+    assert capsys.readouterr().err.strip().endswith("2 skipped: no output can predict them")
+    assert len(pd.read_csv(out)) == len(pd.read_csv(root2 / "metadata.csv")) - 2
 
 
 def test_unseen_category_is_encoded_as_zeros_and_noted(jif_run, pad_root, tmp_path):
@@ -225,8 +265,8 @@ def test_unseen_category_is_encoded_as_zeros_and_noted(jif_run, pad_root, tmp_pa
     df.to_csv(csv, index=False)
     with pytest.warns(UnseenCategoryWarning, match="test.csv"):
         frame = predict(jif_run, [pad_root / "images"], csv, device="cpu")
-    assert "region='KNEE' outside the training vocabulary" in frame["notes"][0] and frame["output"][0] == "all"
-    assert (frame["notes"][1:] == "").all()
+    assert "region='KNEE' outside the training vocabulary" in frame["notes"][0]
+    assert frame["inputs"][0] == "clinic+meta" and (frame["notes"][1:] == "").all()
 
 
 def test_images_without_metadata_are_one_case_each(jif_run, pad_root):
@@ -234,7 +274,7 @@ def test_images_without_metadata_are_one_case_each(jif_run, pad_root):
     files = sorted(p for p in (pad_root / "images").rglob("*.png") if p.name in set(saved.index[:3]))
     frame = predict(jif_run, files, None, device="cpu", tta="none")
     assert sorted(frame["case_id"]) == sorted(p.name for p in files)
-    assert (frame["output"] == "image").all() and (frame["missing"] == "meta (no --metadata)").all()
+    assert (frame["inputs"] == "clinic").all() and (frame["missing"] == "meta (no --metadata)").all()
     assert (frame["notes"] == "").all()
 
 
@@ -255,21 +295,30 @@ def test_bad_images_are_errors_naming_the_file(jif_run, pad_root, tmp_path):
         predict(jif_run, [broken], csv, device="cpu")
 
 
-def test_cli_predicts_one_case_into_a_file(jif_run, pad_root, tmp_path, capsys):
-    csv = _test_rows(jif_run, pad_root / "metadata.csv", "img_id", tmp_path / "test.csv")
-    one = pd.read_csv(csv).iloc[:1]
-    one.to_csv(tmp_path / "one.csv", index=False)
-    image = next((pad_root / "images").rglob(one["img_id"][0]))
-    best = Path(json.loads((jif_run / "metrics.json").read_text())["best_checkpoint"]).name
-    out = tmp_path / "out" / "pred.parquet"
-    done = python("predict.py", jif_run / "checkpoints" / best, "--images", image, "--metadata", tmp_path / "one.csv",
-                  "--out", out, "--device", "cpu", timeout=300)
-    assert done.returncode == 0, done.stderr
-    frame = pd.read_parquet(out)
-    assert list(frame["case_id"]) == [one["img_id"][0]] and frame["output"][0] == "all"
-    np.testing.assert_allclose(_probs(frame, "output", "diagnostic")[0],
-                               combine(_saved(jif_run).loc[[one["img_id"][0]]], "all")["diagnostic"][0], atol=1e-5)
-    from skinlesion.predict import main as predict_main   # the same entry point, in process
+def test_prediction_needs_only_the_run_directory(pad_root, tmp_path):
+    """Everything prediction needs travels with the run: after its training data folder is renamed, the run still
+    predicts (from the moved folder, here) exactly what it saved."""
+    import shutil
 
-    assert predict_main([str(jif_run), "--images", "nowhere.png"]) == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: --images nowhere.png: no such file or directory"
+    data = shutil.copytree(pad_root, tmp_path / "pad-ufes-20")
+    run = train(["data=pad_ufes", f"data.root={data}", "model=jif_cat", "trainer.limit_train_batches=1", "tta=none"],
+                tmp_path / "run")
+    moved = data.rename(tmp_path / "moved")
+    frame = predict(run, root=moved, split="test", device="cpu")
+    saved = _saved(run)
+    np.testing.assert_allclose(_probs(frame, "all", "diagnostic"), combine(saved, "all")["diagnostic"], atol=1e-5)
+
+
+def test_cli_predicts_the_test_split_into_a_file_and_load_run_gives_the_same_frame(jif_run, pad_root, tmp_path):
+    from skinlesion import load_run
+
+    out = tmp_path / "out" / "pred.parquet"
+    done = python("predict.py", jif_run, "--root", pad_root, "--split", "test", "--out", out, "--device", "cpu",
+                  timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"{len(_saved(jif_run))} case(s) -> {out}"
+    frame = pd.read_parquet(out)
+    np.testing.assert_allclose(_probs(frame, "all", "diagnostic"), combine(_saved(jif_run), "all")["diagnostic"],
+                               atol=1e-5)
+    same = load_run(jif_run).predict(root=pad_root, split="test")
+    pd.testing.assert_frame_equal(same.reset_index(drop=True), frame, check_dtype=False)

@@ -244,3 +244,32 @@ def test_chapter5_sweeps_pick_the_best_run_by_avg_auc_unless_told_otherwise(tmp_
         assert table[1][0] == "JF-CAT" and table[1][-2] == f"{100 * best_acc:.1f}"
     by_auc, by_acc = (runs.loc[runs[runs.method == "JF-CAT"][c].idxmax(), "run"] for c in ("avg_auc", "avg_acc"))
     assert by_auc != by_acc                       # the two criteria pick different runs here, so the test can fail
+
+
+def test_metadata_only_runs_pair_by_fold_with_every_backbone_and_join_the_figure(tmp_path, monkeypatch):
+    """A sweep of image_only (two backbones) and meta_only over five folds: Meta has no image backbone, so its
+    runs pair fold by fold with each backbone's Image runs (a Wilcoxon p-value over the shared folds), and the
+    confusion-matrix figure shows both methods under a title that fits the figure."""
+    from skinlesion.evaluation import figures as F
+
+    images = make_sweep(tmp_path / "image", "pad_ufes", models=("image_only",),
+                        backbones=("densenet121.tv_in1k", "resnet50.tv_in1k"), runs=range(5))
+    meta = make_sweep(tmp_path / "meta", "pad_ufes", models=("meta_only",), runs=range(5), seed=1)
+    drawn = {}
+    original = F.confusion_figure
+
+    def spy(matrices, classes, title, path):
+        drawn.update(methods=list(matrices), title=title)
+        return original(matrices, classes, title, path)
+
+    monkeypatch.setattr(F, "confusion_figure", spy)
+    assert main([str(images), str(meta), "--out", str(tmp_path / "rep"), "--format", "csv", "--no-tsne"]) == 0
+    stats = json.loads(next((tmp_path / "rep" / "stats").glob("pad_ufes_*.json")).read_text())
+    pair = next(r for r in stats["pairs"] if {r["a"], r["b"]} == {"Image", "Meta"})
+    assert pair["n"] == 10 and pair["p"] is not None and 0 < pair["p"] <= 1   # 5 folds x 2 backbones
+    assert drawn["methods"] == ["Image", "Meta"]
+    fig = F.confusion_fig({m: np.eye(6) for m in drawn["methods"]}, list("abcdef"), drawn["title"])
+    fig.canvas.draw()
+    box, page = fig._suptitle.get_window_extent(fig.canvas.get_renderer()), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= page.y1      # the whole title is on the figure
+    assert fig._suptitle.get_text().replace("\n", " ") == drawn["title"]

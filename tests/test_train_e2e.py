@@ -24,7 +24,7 @@ def test_fit_test_writes_every_artefact(data, model, roots, tmp_path):
         assert (run / name).is_file(), name
     assert list((run / "checkpoints").glob("*.ckpt"))
     rec = run_record(run)
-    assert rec["status"] == "completed" and rec["dataset"] == data and rec["params"]["total"] > 0
+    assert rec["status"] == "completed" and rec["dataset"] == data
     env = json.loads((run / "environment.json").read_text())
     assert env["packages"]["torch"] and "commit" in env["git"]
 

@@ -139,3 +139,31 @@ def test_pemm_biased_loss_is_the_weighted_sum_of_branch_losses():
     assert weights == pytest.approx({"derm": 0.3, "clinic": 0.2, "fusion": 0.5})
     assert torch.allclose(total, 0.2 * by_hand["clinic"] + 0.3 * by_hand["derm"] + 0.5 * by_hand["fusion"])
     assert all(torch.allclose(parts[br], by_hand[br]) for br in by_hand)
+
+
+def test_a_block_after_stage_one_changes_what_stage_two_reads(monkeypatch):
+    """block_stages=[1]: the map stage 2 receives is the refined one (not the raw stage-1 output); with the block
+    after stage 4 only, stage 2 reads exactly what it reads with no block at all."""
+    from skinlesion.models.stagewise import StageRunner
+
+    seen: list[torch.Tensor] = []
+    original = StageRunner.stage
+
+    def recording(self, i, x):
+        if i == 1:
+            seen.append(x.detach().clone())
+        return original(self, i, x)
+
+    monkeypatch.setattr(StageRunner, "stage", recording)
+    inputs = {}
+    for name, opts in (("none", {}), ("after 1", {"block": "bab", "block_stages": [1]}),
+                       ("after 4", {"block": "bab", "block_stages": [4]})):
+        torch.manual_seed(0)   # the encoders are built first: the same weights in the three networks
+        net = build_network({"arch": "two_image", **opts}, TINY, INFO).eval()
+        seen.clear()
+        with torch.no_grad():
+            net(_batch())
+        inputs[name] = [x for x in seen]   # stage 2's input, clinical then dermoscopy
+    assert len(inputs["none"]) == 2
+    assert all(torch.equal(a, b) for a, b in zip(inputs["after 4"], inputs["none"]))
+    assert not any(torch.allclose(a, b) for a, b in zip(inputs["after 1"], inputs["none"]))

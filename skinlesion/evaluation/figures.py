@@ -26,8 +26,27 @@ def _grid(n: int, size: float = 3.4):
     return fig, axes.flat
 
 
+def _suptitle(fig, title: str) -> None:
+    """The figure's title wrapped to its width and room made for it above the panels, so that it is never cut."""
+    import textwrap
+
+    width = max(40, int(fig.get_figwidth() * 11))   # characters of 10-pt text per line, roughly
+    text = textwrap.fill(title, width)
+    fig.suptitle(text, fontsize=10)
+    lines = text.count("\n") + 1
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.25 * lines + 0.1) / fig.get_figheight()))
+
+
 def confusion_figure(matrices: Mapping[str, np.ndarray], classes: Sequence[str], title: str, path: Path) -> Path:
     """Row-normalised confusion matrices, one panel per method (summed over the runs given)."""
+    fig = confusion_fig(matrices, classes, title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def confusion_fig(matrices: Mapping[str, np.ndarray], classes: Sequence[str], title: str):
+    """The figure of :func:`confusion_figure`, not yet saved."""
     fig, axes = _grid(len(matrices))
     for ax, (label, cm) in zip(axes, matrices.items()):
         cm = np.asarray(cm, dtype=float)
@@ -42,11 +61,8 @@ def confusion_figure(matrices: Mapping[str, np.ndarray], classes: Sequence[str],
         ax.set_xlabel("predicted", fontsize=8)
         ax.set_ylabel("true", fontsize=8)
         ax.set_title(label, fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _suptitle(fig, title)
+    return fig
 
 
 def tsne_figure(features: Mapping[str, tuple[np.ndarray, np.ndarray]], classes: Sequence[str], title: str, path: Path,
@@ -76,8 +92,7 @@ def tsne_figure(features: Mapping[str, tuple[np.ndarray, np.ndarray]], classes: 
         ax.set_yticks([])
         ax.set_title(label, fontsize=9)
         ax.legend(fontsize=6, markerscale=2, loc="best")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    _suptitle(fig, title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -158,6 +158,20 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
     return adj
 
 
+NO_BACKBONE = "none"   # run.json's backbone of a method that reads no image (metadata only)
+
+
+def pair_backbone_free(records: pd.DataFrame, backbone_col: str = "backbone") -> pd.DataFrame:
+    """Blocks are (backbone, fold): a method without an image backbone has no block of its own, so its runs are
+    paired, fold by fold, with every backbone's runs (each of its rows repeated once per image backbone)."""
+    free = records[backbone_col] == NO_BACKBONE
+    backbones = [b for b in records.loc[~free, backbone_col].dropna().unique()]
+    if not free.any() or not backbones:
+        return records
+    spread = [records.loc[free].assign(**{backbone_col: b}) for b in backbones]
+    return pd.concat([records.loc[~free], *spread], ignore_index=True)
+
+
 def compare_methods(records: pd.DataFrame, block_cols: Sequence[str], methods: Sequence[str] | None = None,
                     score_col: str = "score", method_col: str = "method", with_holm: bool = True,
                     exact_max_n: int = 50) -> dict:
