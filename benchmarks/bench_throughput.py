@@ -1,5 +1,5 @@
 """Training throughput: end-to-end (files -> decode -> augment -> Lightning loop) with the CPU input pipeline and
-with the GPU one (``data.pipeline=gpu``: a pre-resized uint8 store, augmentation on the device), beside the raw
+with the device path (``data.augment_on=device``: a decoded-once uint8 store, augmentation on the device), beside the raw
 step rate of the same network on the same device with one batch already in memory. Prints each and its ratio.
 
     python benchmarks/bench_throughput.py                                   # CPU, generated data, small net
@@ -14,8 +14,8 @@ One GPU, bf16, generated 600-px sources (the store is built once per run, before
         data.image_size=224 data.batch_size=128 data.num_workers=16 --generate 4096 --source-size 600 --steps 60
     python benchmarks/bench_throughput.py data=isic2019 data.root=/data/isic2019 trainer=gpu ...   # real files
 
-Arguments other than the flags below are config overrides, exactly as for train.py (``--pipelines gpu`` times
-only the GPU path).
+Arguments other than the flags below are config overrides, exactly as for train.py (``--paths device`` times
+only the device path).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ class StepTimer(L.Callback):
 
 def end_to_end(cfg, steps: int, warmup: int, t0: float) -> tuple[float, object, float]:
     """Images/s of the Lightning loop from files, the DataModule, and the seconds its setup took since ``t0``
-    (with data.pipeline=gpu: building or opening the image store)."""
+    (with data.augment_on=device: building or opening the image store)."""
     dm = prepare_data(cfg)
     setup_s = time.perf_counter() - t0
     module = build_module(cfg, dm)
@@ -105,11 +105,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (worker start-up, cudnn tuning)")
     ap.add_argument("--generate", type=int, default=640, help="without data.root: generate this many cases")
     ap.add_argument("--source-size", type=int, default=256, help="side of the generated source images")
-    ap.add_argument("--pipelines", default="cpu,gpu", help="input pipelines to time end to end (data.pipeline)")
+    ap.add_argument("--paths", default="cpu,device", help="input paths to time end to end (data.augment_on)")
     args, overrides = ap.parse_known_args()
-    pipelines = [p.strip() for p in args.pipelines.split(",") if p.strip()]
-    if not pipelines or set(pipelines) - {"cpu", "gpu"}:
-        ap.error(f"--pipelines {args.pipelines!r}: expected a comma-separated list of cpu and gpu")
+    pipelines = [p.strip() for p in args.paths.split(",") if p.strip()]
+    if not pipelines or set(pipelines) - {"cpu", "device"}:
+        ap.error(f"--paths {args.paths!r}: expected a comma-separated list of cpu and device")
     defaults = ["backbone=test_efficientnet", "backbone.pretrained=false", "data.image_size=128",
                 "data.batch_size=32", "data.num_workers=2", "trainer=cpu"]
     results: dict[str, tuple[float, float]] = {}
@@ -125,7 +125,7 @@ def main() -> None:
         for pipeline in pipelines:
             with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
                 cfg = compose("train", overrides=[*defaults, *overrides, f"paths.root_dir={REPO}",
-                                                  f"paths.output_dir={tmp}/out", f"data.pipeline={pipeline}"])
+                                                  f"paths.output_dir={tmp}/out", f"data.augment_on={pipeline}"])
             with open_dict(cfg):
                 cfg.data.progress = False
             L.seed_everything(0)
@@ -138,8 +138,8 @@ def main() -> None:
           f"device={'cuda:' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}")
     print(f"raw step (in memory)              : {raw:10.1f} images/s")
     for pipeline, (rate, setup_s) in results.items():
-        print(f"end-to-end, data.pipeline={pipeline:<4}   : {rate:10.1f} images/s   ratio {rate / raw:6.3f}   "
-              f"(setup {setup_s:.1f} s{', store build included' if pipeline == 'gpu' else ''})")
+        print(f"end-to-end, data.augment_on={pipeline:<6} : {rate:10.1f} images/s   ratio {rate / raw:6.3f}   "
+              f"(setup {setup_s:.1f} s{', store build included' if pipeline == 'device' else ''})")
 
 
 if __name__ == "__main__":

@@ -215,7 +215,7 @@ SCHEMA: dict[str, Field] = {
     "data.num_workers": INT0,
     "data.missing_images": _f("choice", choices=("error", "skip")),
     "data.normalize": _f("choice", choices=("imagenet", "raw_bgr")),
-    "data.pipeline": _f("choice", choices=("cpu", "gpu")),
+    "data.augment_on": _f("choice", choices=("cpu", "device")),
     "data.progress": BOOL,
     "data.augment.p": PROB,
     "data.augment.flips": BOOL,

@@ -74,17 +74,17 @@ class MultiTaskModule(L.LightningModule):
         self.predictions: pd.DataFrame | None = None
         self.case_ids: np.ndarray | None = None   # dataset row -> case id, for the saved predictions
         self.features: np.ndarray | None = None
-        # data.pipeline=gpu: the DataModule's device augmentation (train.build_module sets it). A plain object,
+        # data.augment_on=device: the DataModule's device augmentation (train.build_module sets it). A plain object,
         # not a submodule, so checkpoints keep their keys.
         self.batch_augment = None
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
-        """Images arrive as uint8; training batches of data.pipeline=gpu are augmented here (they carry the
+        """Images arrive as uint8; training batches of data.augment_on=device are augmented here (they carry the
         case's draws as ``aug``; evaluation batches never do), then everything is normalised on the device."""
         draws = batch.pop("aug", None) if isinstance(batch, dict) else None
         if draws is not None and "images" in batch:
             if self.batch_augment is None:
-                raise ConfigError("training batches of data.pipeline=gpu reach a module without its augmentation: "
+                raise ConfigError("training batches of data.augment_on=device reach a module without its augmentation: "
                                   "set module.batch_augment = datamodule.batch_augment (train.build_module does)")
             batch["images"] = self.batch_augment(batch["images"], draws)
         if "images" in batch:

@@ -139,7 +139,7 @@ def build_module(cfg: DictConfig, dm, pretrained: bool = True):
         class_counts=dm.class_counts() if cfg.class_weighted else None, tta=cfg.tta,
         save_features=cfg.save_features, normalize=dm.normalize)
     module.case_ids = dm.table.case_ids
-    module.batch_augment = getattr(dm, "batch_augment", None)   # data.pipeline=gpu: training batches
+    module.batch_augment = getattr(dm, "batch_augment", None)   # data.augment_on=device: training batches
     module.inference_payload = inference_payload(cfg, dm, module)   # saved into every checkpoint
     return module
 

@@ -1,4 +1,4 @@
-"""data.pipeline=gpu: the uint8 image store (same bytes as the CPU path's evaluation images, never a partial file)
+"""data.augment_on=device: the uint8 image store (same bytes as the CPU path's evaluation images, never a partial file)
 and the device augmentation (the CPU path's distribution, one geometry per case, reflected borders)."""
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def test_store_rows_are_the_cpu_paths_eval_images(derm7pt_root, tmp_path, size, 
     kw = dict(root=str(derm7pt_root), image_size=size, batch_size=16, num_workers=0, progress=False,
               cache={"enabled": cache, "size": 36, "dir": str(tmp_path / "cache")})
     cpu = Derm7ptDataModule(**kw)
-    gpu = Derm7ptDataModule(pipeline="gpu", **kw)
+    gpu = Derm7ptDataModule(augment_on="device", **kw)
     cpu.setup()
     gpu.setup()
     assert isinstance(gpu.datasets["val"], StoreDataset) and not isinstance(cpu.datasets["val"], StoreDataset)
@@ -66,68 +66,92 @@ def test_store_rows_are_the_cpu_paths_eval_images(derm7pt_root, tmp_path, size, 
                 assert x["images"][k].dtype == torch.uint8 and torch.equal(x["images"][k], y["images"][k]), (i, k)
 
 
-def test_store_is_reused_and_keyed_on_the_sources(tmp_path, monkeypatch):
+def _counting_decodes(monkeypatch) -> list[Path]:
+    import skinlesion.data.store as store_mod
+
+    decoded: list[Path] = []
+    real = store_mod.load_rgb
+    monkeypatch.setattr(store_mod, "load_rgb", lambda p, where="": decoded.append(Path(p)) or real(p, where))
+    return decoded
+
+
+def test_a_second_build_reuses_the_store_and_a_changed_image_rebuilds_its_entry_only(tmp_path, monkeypatch):
     paths = _images(tmp_path, 5)
     store = ImageStore(tmp_path / "cache", 16)
-    first = store.build(paths, progress=False)
-    np.testing.assert_array_equal(ImageStore.open(first), _expected(paths, 16))
-    np.testing.assert_array_equal(ImageStore.open(first, in_memory=True), _expected(paths, 16))
-    assert isinstance(ImageStore.open(first), np.memmap)
+    rows = store.build(paths, progress=False)
+    np.testing.assert_array_equal(store.open()[rows], _expected(paths, 16))
+    np.testing.assert_array_equal(store.open(in_memory=True)[rows], _expected(paths, 16))
+    assert isinstance(store.open(), np.memmap)
 
-    decoded = []
-    import skinlesion.data.store as store_mod
-    real = store_mod.load_rgb
-    monkeypatch.setattr(store_mod, "load_rgb", lambda p, where="": decoded.append(p) or real(p, where))
-    assert store.build(paths, progress=False) == first and decoded == []          # reused, nothing decoded
-    # a changed source file (new content, new mtime) is a new store, built from the new pixels
+    decoded = _counting_decodes(monkeypatch)
+    assert (ImageStore(tmp_path / "cache", 16).build(paths, progress=False) == rows).all() and decoded == []
+    # a changed source file (new content, new mtime): its entry alone is decoded again, into a row of its own
     Image.fromarray(np.full((30, 22, 3), 7, np.uint8)).save(paths[2])
     os.utime(paths[2], ns=(time.time_ns(), time.time_ns() + 10**9))
-    second = store.build(paths, progress=False)
-    assert second != first and len(decoded) == 5
-    np.testing.assert_array_equal(ImageStore.open(second)[2], np.full((3, 16, 16), 7, np.uint8))
-    assert ImageStore(tmp_path / "cache", 17).path(paths) != second                # the size is part of the key
+    again = store.build(paths, progress=False)
+    assert decoded == [paths[2]] and again[2] != rows[2] and (np.delete(again, 2) == np.delete(rows, 2)).all()
+    np.testing.assert_array_equal(store.open()[again[2]], np.full((3, 16, 16), 7, np.uint8))
+    # an added image (another dataset, another root): decoded alone
+    (tmp_path / "more").mkdir()
+    added = _images(tmp_path / "more", 1)[0]
+    decoded.clear()
+    both = store.build([*paths, added], progress=False)
+    assert decoded == [added] and (both[:5] == again).all()
+    np.testing.assert_array_equal(store.open()[both], _expected([*paths, added], 16))
+    assert ImageStore(tmp_path / "cache", 17).dir != store.dir                      # the size is part of the key
 
 
-def test_a_failed_build_leaves_no_file_and_names_the_case(tmp_path):
+def test_a_failed_build_names_the_case_and_keeps_only_finished_rows(tmp_path, monkeypatch):
     paths = _images(tmp_path, 6)
+    good = paths[4].read_bytes()
     paths[4].write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     store = ImageStore(tmp_path / "cache", 8)
+    monkeypatch.setattr(ImageStore, "CHUNK", 2)
     with pytest.raises(DataError) as e:
         store.build(paths, where=[f" (case C{i}, meta.csv line {i + 2})" for i in range(6)], workers=2,
                     progress=False)
     assert str(paths[4]) in str(e.value) and "case C4, meta.csv line 6" in str(e.value)
-    assert [p.name for p in store.dir.iterdir() if not p.name.endswith(".lock")] == []   # no store, no partial
+    assert store.rows(paths[:4]) is not None and store.rows(paths) is None            # two chunks of two kept
+    paths[4].write_bytes(good)
+    os.utime(paths[4], ns=(time.time_ns(), time.time_ns() + 10**9))
+    decoded = _counting_decodes(monkeypatch)
+    rows = store.build(paths, progress=False)
+    assert sorted(decoded) == sorted(paths[4:])
+    np.testing.assert_array_equal(store.open()[rows], _expected(paths, 8))
 
 
-def test_a_killed_or_truncated_build_is_not_reused(tmp_path):
+def test_a_killed_or_truncated_build_keeps_what_it_finished(tmp_path, monkeypatch):
     paths = _images(tmp_path, 40)
     store = ImageStore(tmp_path / "cache", 24)
-    final = store.path(paths)
-    # a real kill: a build whose decoding is slowed down is SIGKILLed while its partial file exists
+    # a real kill: a build whose decoding is slowed down is SIGKILLed after some chunks of four are on disk
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
         "import skinlesion.data.store as s\n"
         "real = s.load_rgb\n"
-        "s.load_rgb = lambda p, w='': (time.sleep(0.2), real(p, w))[1]\n"
+        "s.load_rgb = lambda p, w='': (time.sleep(0.1), real(p, w))[1]\n"
+        "s.ImageStore.CHUNK = 4\n"
         f"s.ImageStore({str(tmp_path / 'cache')!r}, 24).build([Path(p) for p in sys.argv[1:]], workers=1, "
         "progress=False)\n")
     with started([sys.executable, "-c", script, *paths]) as proc:   # leaving the block SIGKILLs it
         deadline = time.monotonic() + 60
-        while not list(final.parent.glob(final.name + ".*.partial")):
-            assert proc.poll() is None and time.monotonic() < deadline, "the build did not start"
+        while len(store._read_index()) < 8:
+            assert proc.poll() is None and time.monotonic() < deadline, "the build did not get going"
             time.sleep(0.05)
-        time.sleep(0.5)
-    assert not final.exists() and list(final.parent.glob(final.name + ".*.partial"))
-    built = store.build(paths, progress=False)
-    assert built == final and not list(final.parent.glob(final.name + ".*.partial"))   # the leftover is removed
-    np.testing.assert_array_equal(ImageStore.open(final), _expected(paths, 24))
+    done = len(store._read_index())
+    assert 8 <= done < 40 and store.rows(paths) is None
+    decoded = _counting_decodes(monkeypatch)
+    rows = store.build(paths, progress=False)
+    assert len(decoded) == 40 - done                                   # what was finished is reused
+    np.testing.assert_array_equal(store.open()[rows], _expected(paths, 24))
 
-    # a final file cut short (a copy interrupted outside this code) is detected and rebuilt
-    with open(final, "r+b") as f:
-        f.truncate(final.stat().st_size - 100)
-    store.build(paths, progress=False)
-    np.testing.assert_array_equal(ImageStore.open(final), _expected(paths, 24))
+    # a data file cut short (a copy interrupted outside this code): the rows past its end are decoded again
+    with open(store.data, "r+b") as f:
+        f.truncate(store.data.stat().st_size - 100)
+    decoded.clear()
+    rows = store.build(paths, progress=False)
+    assert len(decoded) == 1
+    np.testing.assert_array_equal(store.open()[rows], _expected(paths, 24))
 
 
 # --------------------------------------------------------------------------- the augmentation's distribution
@@ -334,7 +358,7 @@ def test_the_images_of_a_case_share_the_geometry():
 
 def test_training_draws_depend_on_seed_epoch_and_case_only(pad_root, tmp_path):
     dm = PadUfes20DataModule(root=str(pad_root), image_size=16, batch_size=8, num_workers=0, progress=False,
-                             pipeline="gpu", cache={"dir": str(tmp_path)})
+                             augment_on="device", cache={"dir": str(tmp_path)})
     dm.setup()
     ds = dm.datasets["train"]
     a = ds.__getitems__([(3, 0), (5, 0)])
@@ -374,32 +398,33 @@ def test_the_module_augments_training_batches_only():
 # ------------------------------------------------------------------------------------------- integration
 
 def test_pipeline_setting_is_checked(tmp_path):
-    cfg = compose_cfg(["data.pipeline=tpu", *TINY], tmp_path)
-    with pytest.raises(ConfigError, match="data.pipeline"):
+    cfg = compose_cfg(["data.augment_on=tpu", *TINY], tmp_path)
+    with pytest.raises(ConfigError, match="data.augment_on"):
         validate_config(cfg)
-    with pytest.raises(ConfigError, match="data.pipeline='tpu'"):
-        PadUfes20DataModule(root=str(tmp_path), pipeline="tpu")
+    with pytest.raises(ConfigError, match="data.augment_on='tpu'"):
+        PadUfes20DataModule(root=str(tmp_path), augment_on="tpu")
 
 
 def test_checkpoints_gain_no_keys(derm7pt_root, tmp_path):
     from skinlesion.train import build_module, prepare_data
 
     keys = {}
-    for pipeline in ("cpu", "gpu"):
+    for pipeline in ("cpu", "device"):
         cfg = compose_cfg([*TINY, "data=derm7pt", f"data.root={derm7pt_root}", "model=two_image",
-                           "backbone.pretrained=false", f"data.pipeline={pipeline}"], tmp_path / pipeline)
+                           "backbone.pretrained=false", f"data.augment_on={pipeline}"], tmp_path / pipeline)
         dm = prepare_data(cfg)
         module = build_module(cfg, dm, pretrained=False)
-        assert (module.batch_augment is not None) == (pipeline == "gpu")
+        assert (module.batch_augment is not None) == (pipeline == "device")
         keys[pipeline] = set(module.state_dict())
-    assert keys["cpu"] == keys["gpu"]
+    assert keys["cpu"] == keys["device"]
 
 
-def test_training_with_the_gpu_pipeline_writes_predictions(derm7pt_root, tmp_path):
-    run = train(["data=derm7pt", f"data.root={derm7pt_root}", "model=two_image", "data.pipeline=gpu",
+def test_training_with_augmentation_on_the_device_writes_predictions(derm7pt_root, tmp_path):
+    run = train(["data=derm7pt", f"data.root={derm7pt_root}", "model=two_image", "data.augment_on=device",
                  "data.augment.brightness_contrast=true", "trainer.limit_train_batches=2"], tmp_path / "run")
     assert run_record(run)["status"] == "completed"
-    assert list((tmp_path / "run" / "cache" / "store").glob("32px-*.npy"))
+    store = ImageStore(tmp_path / "run" / "cache", 32)
+    assert store.data.is_file() and len(store._read_index()) == 2 * 200 - 2   # both images of every case, once
     for part in ("val", "test"):
         pred = pd.read_parquet(run / "predictions" / f"{part}.parquet")
         assert len(pred) > 0 and pred.filter(like="prob/").notna().all().all()

@@ -124,7 +124,7 @@ class SkinLesionDataModule(L.LightningDataModule):
                  image_dir: str = "ISIC_2019_Training_Input", missing_images: str = "error",
                  augment: dict | None = None, normalize: str = "imagenet", cache: dict | None = None,
                  pin_memory: bool = True, persistent_workers: bool = True, progress: bool = True,
-                 hold_out: str | None = None, pipeline: str = "cpu"):
+                 hold_out: str | None = None, augment_on: str = "cpu"):
         super().__init__()
         if dataset not in DATASETS:
             raise ConfigError(f"data.dataset={dataset!r}: expected one of {sorted(DATASETS)}")
@@ -152,11 +152,11 @@ class SkinLesionDataModule(L.LightningDataModule):
             raise ConfigError(f"data.normalize={normalize!r}: expected 'imagenet' or 'raw_bgr'")
         self.missing_images, self.normalize = missing_images, normalize   # applied on the device by the module
         self.augment = resolve_augment(augment)   # None: the default training augmentation
-        if pipeline not in ("cpu", "gpu"):
-            raise ConfigError(f"data.pipeline={pipeline!r}: expected 'cpu' (decode and augment in loader workers) or "
+        if augment_on not in ("cpu", "device"):
+            raise ConfigError(f"data.augment_on={augment_on!r}: expected 'cpu' (decode and augment in loader workers) or "
                               "'gpu' (a pre-resized uint8 store, augmentation on the device)")
-        self.pipeline = pipeline
-        # data.pipeline=gpu: the device augmentation the module applies to training batches (set up in setup())
+        self.augment_on = augment_on
+        # data.augment_on=device: the device augmentation the module applies to training batches (set up in setup())
         self.batch_augment = None
         self.cache_cfg = dict(cache or {})
         self.progress = progress
@@ -233,7 +233,7 @@ class SkinLesionDataModule(L.LightningDataModule):
         try:
             self._fit_meta()
             self._check_images()
-            cached = self._build_store() if self.pipeline == "gpu" else self._build_cache()
+            cached = self._build_store() if self.augment_on == "device" else self._build_cache()
             self.datasets = {part: self._make(part, cached) for part in ("train", "val", "test", "holdout")
                              if (partition == part).any()}
         except BaseException:
@@ -304,7 +304,7 @@ class SkinLesionDataModule(L.LightningDataModule):
         return cache.build(sources, workers=max(1, self.num_workers), progress=self.progress)
 
     def _build_store(self) -> dict | None:
-        """data.pipeline=gpu: every image the model reads, decoded and resized once into one uint8 array
+        """data.augment_on=device: every image the model reads, decoded and resized once into one uint8 array
         (:class:`ImageStore`, reused by later runs), and the device augmentation for the training batches."""
         from skinlesion.data.gpu_augment import BatchAugment
         from skinlesion.data.store import ImageStore
@@ -321,21 +321,22 @@ class SkinLesionDataModule(L.LightningDataModule):
         # with data.cache.enabled the CPU path resizes the cached copies: so does the store (identical inputs)
         cached = self._build_cache() or {}
         directory = self.cache_cfg.get("dir") or os.environ.get("SKINLESION_CACHE") or ".cache/images"
-        path = ImageStore(directory, self.image_size).build(
-            [cached.get(s, s) for s in sources], [where[s] for s in sources], workers=min(32, os.cpu_count() or 1),
-            progress=self.progress)
-        index = {s: i for i, s in enumerate(sources)}
+        store = ImageStore(directory, self.image_size)
+        rows = store.build([cached.get(s, s) for s in sources], [where[s] for s in sources],
+                           workers=min(32, os.cpu_count() or 1), progress=self.progress)
+        row_of = dict(zip(sources, rows.tolist()))
         aug = BatchAugment(self.augment, self.input_keys)
         self.batch_augment = aug if aug.active else None
-        return {"store": path, "rows": {k: np.array([index[s] for s in t.images[k]]) for k in self.input_keys},
+        return {"store": store.data, "size": self.image_size,
+                "rows": {k: np.array([row_of[s] for s in t.images[k]]) for k in self.input_keys},
                 "n_draws": aug.n_draws if aug.active else 0}
 
     def _make(self, part: str, cached) -> Dataset:
         pos = np.flatnonzero(self.partition == part)
-        if self.pipeline == "gpu" and cached is not None:
+        if self.augment_on == "device" and cached is not None:
             from skinlesion.data.store import StoreDataset
-            return StoreDataset(self.table, pos, self.input_keys, self.meta[pos], cached["store"], cached["rows"],
-                                n_draws=cached["n_draws"] if part == "train" else 0)
+            return StoreDataset(self.table, pos, self.input_keys, self.meta[pos], cached["store"], cached["size"],
+                                cached["rows"], n_draws=cached["n_draws"] if part == "train" else 0)
         return CaseDataset(self.table, pos, self.input_keys, self.meta[pos], self.image_size, part == "train",
                            self.augment, cached)
 

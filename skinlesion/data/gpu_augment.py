@@ -1,4 +1,4 @@
-"""Training augmentation of whole batches on the device (``data.pipeline=gpu``), with the distribution of the
+"""Training augmentation of whole batches on the device (``data.augment_on=device``), with the distribution of the
 albumentations pipeline of :mod:`skinlesion.data.transforms`:
 
 - with probability ``p`` per case, one block of: vertical flip, horizontal flip, shift-scale-rotate (shift drawn

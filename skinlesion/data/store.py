@@ -1,13 +1,14 @@
-"""``data.pipeline=gpu``: every image decoded and resized once into one uint8 array, read back by batches.
+"""``data.augment_on=device``: every image decoded and resized once into a uint8 store, read back by batches.
 
-The array is an ``.npy`` file of shape (N, 3, S, S) (S = ``data.image_size``), memory-mapped when read, under
-``<cache dir>/store/``. Its name is a digest of the sources' paths, sizes and modification times and of S, so a
-changed or added source file gives a new store rather than stale pixels. Rows are resized exactly like the CPU
-path's (``A.Resize(S, S)``), so evaluation inputs are byte-for-byte those of ``data.pipeline=cpu``.
+The store (:class:`ImageStore`) is one append-only file of (3, S, S) rows (S = ``data.image_size``) under
+``<cache dir>/store/<S>px/``, memory-mapped when read, with an index from each source file (path, size,
+modification time) to its row: a changed or added image is decoded into a row of its own, every other image is
+reused, by every run and sweep point of any dataset root. Rows are resized exactly like the CPU path's
+(``A.Resize(S, S)``), so evaluation inputs are byte-for-byte those of ``data.augment_on=cpu``.
 """
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import os
 from collections.abc import Sequence
@@ -43,104 +44,121 @@ def _exclusive(lock: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _complete(path: Path, shape: tuple[int, ...]) -> bool:
-    """Whether ``path`` is a finished store of ``shape``: header as expected and every byte of the data there."""
-    if not path.is_file():
-        return False
-    try:
-        with open(path, "rb") as f:
-            major, _ = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            found, fortran, dtype = read(f)
-            offset = f.tell()
-    except (OSError, ValueError) as e:
-        log.warning("%s: unreadable image store (%s); rebuilding it", path, e)
-        return False
-    if tuple(found) != shape or dtype != np.uint8 or fortran:
-        log.warning("%s: holds %s %s, expected %s uint8; rebuilding it", path, found, dtype, shape)
-        return False
-    if path.stat().st_size != offset + int(np.prod(shape)):
-        log.warning("%s: truncated image store; rebuilding it", path)
-        return False
-    return True
-
-
 class ImageStore:
-    """Decoded, resized copies of ``sources`` in one (N, 3, S, S) uint8 ``.npy`` file under ``directory/store``.
+    """Decoded, resized copies of source images: one append-only file of uint8 rows (3, S, S) under
+    ``directory/store/<S>px/`` and an index from each source's key (resolved path, size, modification time) to its
+    row. :meth:`build` decodes only the sources the index lacks, so a changed or added image gets a row of its own
+    and every other image is reused; rows are appended in chunks and the index, replaced atomically after each
+    chunk, only names rows that are on disk: a killed build loses at most its last chunk, never a finished row.
+    One builder at a time (a lock file); readers map the file (:meth:`open`)."""
 
-    :meth:`build` writes it once (a thread pool, a progress bar) into a partial file that is renamed into place
-    only when complete, so a killed build never leaves a file that a later run would read; :meth:`open` maps it.
-    """
+    CHUNK = 64
 
     def __init__(self, directory: str | os.PathLike, size: int):
         if size < 2:
             raise ValueError(f"image store: size must be >= 2, got {size}")
-        self.dir = Path(directory).expanduser() / "store"
+        self.dir = Path(directory).expanduser() / "store" / f"{size}px"
         self.size = size
+        self.row_bytes = 3 * size * size
 
-    def shape(self, sources: Sequence[Path]) -> tuple[int, int, int, int]:
-        return (len(sources), 3, self.size, self.size)
+    @property
+    def data(self) -> Path:
+        return self.dir / "images.u8"
 
-    def path(self, sources: Sequence[Path]) -> Path:
-        h = hashlib.sha1(f"store|{self.size}".encode())
-        for src in sources:
-            st = src.stat()
-            h.update(f"\n{src.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-        return self.dir / f"{self.size}px-{len(sources)}-{h.hexdigest()[:20]}.npy"
+    @property
+    def index_path(self) -> Path:
+        return self.dir / "index.json"
+
+    @staticmethod
+    def key(src: Path) -> str:
+        st = src.stat()
+        return f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+    def _rows_on_disk(self) -> int:
+        return self.data.stat().st_size // self.row_bytes if self.data.is_file() else 0
+
+    def _read_index(self) -> dict[str, int]:
+        """Entries whose rows are complete on disk (a file cut short drops the entries beyond its end)."""
+        try:
+            rows = json.loads(self.index_path.read_text())["rows"]
+        except (OSError, ValueError, KeyError):
+            return {}
+        n = self._rows_on_disk()
+        return {k: int(r) for k, r in rows.items() if 0 <= int(r) < n}
+
+    def rows(self, sources: Sequence[Path]) -> np.ndarray | None:
+        """The row of every source when all are stored (None otherwise)."""
+        index = self._read_index()
+        keys = [self.key(Path(s)) for s in sources]
+        return np.array([index[k] for k in keys], dtype=np.int64) if all(k in index for k in keys) else None
 
     def build(self, sources: Sequence[Path], where: Sequence[str] | None = None, workers: int = 8,
-              progress: bool = True) -> Path:
-        """The complete store of ``sources`` (built unless it exists); ``where[i]`` says which case reads
-        ``sources[i]``, for decode errors (e.g. ``" (case X, metadata.csv line 7)"``)."""
+              progress: bool = True) -> np.ndarray:
+        """The row of every source, decoding (a thread pool, a progress bar) only those not stored yet;
+        ``where[i]`` says which case reads ``sources[i]``, for decode errors (``" (case X, meta.csv line 7)"``)."""
         sources = [Path(s) for s in sources]
         where = list(where) if where is not None else [""] * len(sources)
-        shape = self.shape(sources)
-        path = self.path(sources)
-        if _complete(path, shape):
-            return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive(path.with_name(path.name + ".lock")):
-            if _complete(path, shape):   # another process finished it while this one waited
-                return path
-            for stale in path.parent.glob(path.name + ".*.partial"):   # left by a killed build
-                stale.unlink(missing_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.partial")
-            try:
-                self._write(tmp, shape, sources, where, workers, progress)
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-        log.info("image store: %d images at %dpx in %s (%.2f GB)", len(sources), self.size, path,
-                 path.stat().st_size / 1e9)
-        return path
+        rows = self.rows(sources)
+        if rows is not None:
+            return rows
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with _exclusive(self.dir / "store.lock"):
+            index = self._read_index()   # another builder may have added rows while this one waited
+            n = self._rows_on_disk()
+            if self.data.is_file() and self.data.stat().st_size != n * self.row_bytes:
+                with open(self.data, "r+b") as f:   # a row cut short by a kill: drop it
+                    f.truncate(n * self.row_bytes)
+            todo: dict[str, int] = {}
+            for i, s in enumerate(sources):
+                k = self.key(s)
+                if k not in index:
+                    todo.setdefault(k, i)
+            with tqdm(total=len(todo), desc=f"image store {self.size}px", disable=not progress or not todo) as bar:
+                pending = list(todo.items())
+                for start in range(0, len(pending), self.CHUNK):
+                    chunk = pending[start:start + self.CHUNK]
+                    block = self._decode([sources[i] for _, i in chunk], [where[i] for _, i in chunk], workers)
+                    with open(self.data, "ab") as f:
+                        f.write(block.tobytes())
+                        f.flush()
+                        os.fsync(f.fileno())   # the rows on disk before the index names them
+                    index.update({k: n + j for j, (k, _) in enumerate(chunk)})
+                    n += len(chunk)
+                    self._write_index(index)
+                    bar.update(len(chunk))
+        if todo:
+            log.info("image store: %d image(s) decoded at %dpx, %d reused (%s, %.2f GB)", len(todo), self.size,
+                     len(sources) - len(todo), self.data, self.data.stat().st_size / 1e9)
+        return np.array([index[self.key(s)] for s in sources], dtype=np.int64)
 
-    def _write(self, tmp: Path, shape: tuple[int, ...], sources: list[Path], where: list[str], workers: int,
-               progress: bool) -> None:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        size = self.size
+    def _write_index(self, index: dict[str, int]) -> None:
+        tmp = self.index_path.with_name(f"index.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"size": self.size, "rows": index}))
+        os.replace(tmp, self.index_path)
+
+    def _decode(self, sources: list[Path], where: list[str], workers: int) -> np.ndarray:
+        out = np.empty((len(sources), 3, self.size, self.size), dtype=np.uint8)
+        resize = A.Resize(self.size, self.size)
 
         def one(i: int) -> None:
             # the CPU path's resize (cv2 INTER_LINEAR via albumentations), so eval inputs are identical
-            img = A.Resize(size, size)(image=load_rgb(sources[i], where[i]))["image"]
-            arr[i] = img.transpose(2, 0, 1)
+            out[i] = resize(image=load_rgb(sources[i], where[i]))["image"].transpose(2, 0, 1)
 
-        pool = ThreadPoolExecutor(max(1, workers))   # decoding and resizing release the GIL
-        try:
-            for _ in tqdm(pool.map(one, range(len(sources))), total=len(sources), desc=f"image store {size}px",
-                          disable=not progress):
-                pass
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)   # a decode error stops the build without draining it
-        arr.flush()
-        del arr
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())   # on disk before the rename makes it visible as complete
+        with ThreadPoolExecutor(max(1, workers)) as pool:   # decoding and resizing release the GIL
+            list(pool.map(one, range(len(sources))))
+        return out
 
-    @staticmethod
-    def open(path: str | os.PathLike, in_memory: bool = False) -> np.ndarray:
-        """The store as an array: memory-mapped (pages shared by all loader workers), or read into memory."""
-        return np.load(path, mmap_mode=None if in_memory else "r")
+    def open(self, in_memory: bool = False) -> np.ndarray:
+        """Every stored row as an (N, 3, S, S) array: memory-mapped (pages shared by all loader workers), or read
+        into memory."""
+        return open_store(self.data, self.size, in_memory)
+
+
+def open_store(data: str | os.PathLike, size: int, in_memory: bool = False) -> np.ndarray:
+    """The rows of an :class:`ImageStore` data file of images of ``size`` pixels."""
+    n = Path(data).stat().st_size // (3 * size * size)
+    arr = np.memmap(data, dtype=np.uint8, mode="r", shape=(n, 3, size, size))
+    return np.array(arr) if in_memory else arr
 
 
 # SplitMix64 (Steele et al. 2014): its n-th output is a fixed mix of seed + n * gamma, so any (case, column) of a
@@ -174,11 +192,11 @@ class StoreDataset(Dataset):
     ``__getitems__`` reads a whole batch with one indexed read of the store, so one loader worker keeps up."""
 
     def __init__(self, table: CaseTable, positions: np.ndarray, keys: tuple[str, ...], meta: np.ndarray,
-                 store: Path, rows: dict[str, np.ndarray], n_draws: int = 0, in_memory: bool = False):
+                 store: Path, size: int, rows: dict[str, np.ndarray], n_draws: int = 0, in_memory: bool = False):
         self.positions, self.keys = positions, keys
         self.meta = torch.from_numpy(meta.astype(np.float32))
         self.targets = torch.from_numpy(table.targets[positions])
-        self.store, self.in_memory = Path(store), in_memory
+        self.store, self.size, self.in_memory = Path(store), size, in_memory
         self.rows = {k: np.asarray(rows[k])[positions] for k in keys}   # store row of each case's image
         self.n_draws = n_draws
         self.seed = int(torch.randint(0, 2**31 - 1, (1,)).item())   # as CaseDataset: from the seeded generator
@@ -193,7 +211,7 @@ class StoreDataset(Dataset):
     @property
     def array(self) -> np.ndarray:
         if self._array is None:
-            self._array = ImageStore.open(self.store, self.in_memory)
+            self._array = open_store(self.store, self.size, self.in_memory)
         return self._array
 
     def __len__(self) -> int:
