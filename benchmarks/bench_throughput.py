@@ -1,6 +1,7 @@
 """Training throughput: end-to-end (files -> decode -> augment -> Lightning loop) with the CPU input pipeline and
-with the device path (``data.augment_on=device``: a decoded-once uint8 store, augmentation on the device), beside the raw
-step rate of the same network on the same device with one batch already in memory. Prints each and its ratio.
+with the device path (``data.augment_on=device``: a decoded-once uint8 store, augmentation on the device), beside
+the raw step rate of the same network on the same device with one batch already in memory. Prints each and its
+ratio.
 
     python benchmarks/bench_throughput.py                                   # CPU, generated data, small net
 

@@ -1,9 +1,10 @@
 """Sweep jobs that run as their own process: one GPU (or d GPUs) per job on a local machine, and DDP inside sweeps.
 
 ``launcher=local_gpus`` runs sweep points with Hydra's joblib launcher, ``K // d`` at a time for K GPUs and d
-GPUs per job (``trainer.devices``), or ``cpu_jobs`` at a time on a machine without a GPU. Each job takes d GPUs of ``gpu_pool`` under file locks in the sweep directory
-(:class:`GpuSlots`) and runs as a fresh ``python -m skinlesion.train`` process that sees only those GPUs
-(``CUDA_VISIBLE_DEVICES``); a lock is released when its holder exits, however it exits.
+GPUs per job (``trainer.devices``), or ``cpu_jobs`` at a time on a machine without a GPU. Each job takes d GPUs of
+``gpu_pool`` under file locks in the sweep directory (:class:`GpuSlots`) and runs as a fresh
+``python -m skinlesion.train`` process that sees only those GPUs (``CUDA_VISIBLE_DEVICES``); a lock is released
+when its holder exits, however it exits.
 
 Lightning starts DDP ranks by re-running the command line; in a multirun that line is the whole sweep. A sweep job
 that starts processes (DDP) therefore runs as the single-run command of that job, in the job's directory, so its

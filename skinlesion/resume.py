@@ -9,9 +9,10 @@ A run directory is the unit of work: running a job whose directory already holds
 - nothing of the above starts afresh.
 
 ``resume=never`` trains afresh whatever the directory holds (its checkpoints are removed first, so that a later
-rerun cannot continue from them); ``ckpt_path=FILE`` resumes from an explicit checkpoint instead. Either way the directory's saved ``config.yaml`` must
-describe the same experiment: only the settings in :data:`RUNTIME_KEYS` (workers, progress bars, loggers, ...) may
-differ, so a rerun with another learning rate cannot silently continue an old run.
+rerun cannot continue from them); ``ckpt_path=FILE`` resumes from an explicit checkpoint instead. Either way the
+directory's saved ``config.yaml`` must describe the same experiment: only the settings in :data:`RUNTIME_KEYS`
+(workers, progress bars, loggers, ...) may differ, so a rerun with another learning rate cannot silently continue
+an old run.
 """
 from __future__ import annotations
 
@@ -36,8 +37,8 @@ from skinlesion.provenance import write_csv
 log = logging.getLogger(__name__)
 
 # Settings that say how a job runs, not what it computes: they may change between the attempts of one run.
-RUNTIME_KEYS = ("ckpt_path", "resume", "gpu_pool", "cpu_jobs", "tags", "paths", "logger", "callbacks.progress_bar", "hydra",
-                "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.progress", "data.cache",
+RUNTIME_KEYS = ("ckpt_path", "resume", "gpu_pool", "cpu_jobs", "tags", "paths", "logger", "callbacks.progress_bar",
+                "hydra", "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.progress", "data.cache",
                 "data.eval_batch_size", "data.root", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
                 "trainer.enable_model_summary")
 

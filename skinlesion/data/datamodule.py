@@ -153,8 +153,8 @@ class SkinLesionDataModule(L.LightningDataModule):
         self.missing_images, self.normalize = missing_images, normalize   # applied on the device by the module
         self.augment = resolve_augment(augment)   # None: the default training augmentation
         if augment_on not in ("cpu", "device"):
-            raise ConfigError(f"data.augment_on={augment_on!r}: expected 'cpu' (decode and augment in loader workers) or "
-                              "'gpu' (a pre-resized uint8 store, augmentation on the device)")
+            raise ConfigError(f"data.augment_on={augment_on!r}: expected 'cpu' (decode and augment in loader "
+                              "workers) or 'device' (a decoded-once uint8 store, augmentation on the device)")
         self.augment_on = augment_on
         # data.augment_on=device: the device augmentation the module applies to training batches (set up in setup())
         self.batch_augment = None

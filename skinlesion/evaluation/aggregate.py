@@ -313,8 +313,8 @@ def evaluate_jobs(jobs: Sequence[Job]) -> tuple[pd.DataFrame, dict]:
             rows += new
         except Exception as e:  # a broken artefact must show up in the report, not abort it
             j.status, j.reason = "invalid", f"could not evaluate predictions: {type(e).__name__}: {e}"
-    cols = ["run", "sweep", "dataset", "experiment", "model", "base_method", "method", "combination", "backbone", "backbone_label",
-            "fold", "seed", "block", "split", "main_metric", "score", "avg_acc", "avg_bac", "avg_auc", "n_cases"]
+    cols = ["run", "sweep", "dataset", "experiment", "model", "base_method", "method", "combination", "backbone",
+            "backbone_label", "fold", "seed", "block", "split", "main_metric", "score", "avg_acc", "avg_bac", "avg_auc", "n_cases"]
     return pd.DataFrame(rows, columns=cols), details
 
 
