@@ -88,6 +88,24 @@ def test_pemm_biased_loss_weights(tmp_path):
     assert weights("model.loss.w=eq") == pytest.approx({"derm": 1 / 3, "clinic": 1 / 3, "fusion": 1 / 3})
 
 
+def test_a_zero_weight_branch_tells_ddp_to_expect_its_unused_head(tmp_path):
+    """W=0 (Table 5.17) leaves the clinical head without gradient; DDP is told to expect it, and only then (the
+    slow test_ddp.py trains such a point on two gloo ranks)."""
+    from types import SimpleNamespace
+
+    from skinlesion.train import _ddp_strategy
+
+    def strategy(*extra):
+        cfg = compose_cfg(["data=derm7pt", "model=pemm", *extra], tmp_path)
+        weights = OmegaConf.to_container(cfg.model.branch_weights, resolve=True)
+        return _ddp_strategy(cfg, SimpleNamespace(branch_weights=weights))
+
+    assert strategy("model.loss.w=0", "trainer=ddp") == {"strategy": "ddp_find_unused_parameters_true"}
+    assert strategy("model.loss.w=0.5", "trainer=ddp") == {"strategy": "ddp_find_unused_parameters_true"}
+    assert strategy("model.loss.w=0.1", "trainer=ddp") == {}
+    assert strategy("model.loss.w=0") == {}          # one device: nothing to tell
+
+
 def test_pemm_loss_weight_out_of_range_is_one_line(derm7pt_root, tmp_path):
     with pytest.raises(SystemExit) as exc:
         train(["data=derm7pt", f"data.root={derm7pt_root}", "model=pemm", "model.loss.w=0.7"], tmp_path / "r")
