@@ -293,7 +293,7 @@ def _read_metadata(path: Path) -> pd.DataFrame:
         raise DataError(f"{path}: cannot be parsed as CSV ({e})") from None
 
 
-def _cases_from_csv(pred: Predictor, csv: Path, files: list[tuple[Path, str, bool]]) -> _Cases:
+def _cases_from_csv(pred: Predictor, csv: Path, files: list[tuple[Path, str, bool]], searched: str) -> _Cases:
     from skinlesion.data.metadata import _norm_value
 
     dataset, keys = pred.dataset, pred.payload["image_keys"]
@@ -324,7 +324,7 @@ def _cases_from_csv(pred: Predictor, csv: Path, files: list[tuple[Path, str, boo
                 raise DataError(f"{csv}, line {lines[r]}, column '{col}': {value!r} matches several files "
                                 f"{[str(h) for h in hits]}; give one of them")
             if not hits:
-                missing[r][k] = f"{col} {value!r}: no such image file"
+                missing[r][k] = f"{col} {value!r}: no such image file under {searched}"
                 continue
             images[k][r] = hits[0]
             used.add(hits[0])
@@ -371,7 +371,7 @@ def cases_from_root(pred: Predictor, root: str | Path, split: str | None = None)
         if pred.payload["image_keys"] else []
     csv = root / meta_rel
     if csv.is_file():
-        cases = _cases_from_csv(pred, csv, files)
+        cases = _cases_from_csv(pred, csv, files, " or ".join(str(d) for d in dirs))
     elif dataset == "derm7pt":
         raise DataError(f"{csv}: not found; derm7pt cases are defined by meta/meta.csv (it says which file is the "
                         "clinical and which the dermoscopic image of each case)")
@@ -577,7 +577,8 @@ def predict(checkpoint: str | Path | Predictor, images: Sequence[str | Path] = (
     if root is not None:
         cases = cases_from_root(pred, root, split)
     elif metadata is not None:
-        cases = _cases_from_csv(pred, Path(metadata), files)
+        searched = " or ".join(map(str, images)) or "(no --images)"
+        cases = _cases_from_csv(pred, Path(metadata), files, searched)
     elif not pred.payload["image_keys"]:
         raise ConfigError("the model reads metadata only: pass --root or --metadata with the dataset's CSV")
     else:
@@ -716,7 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fallback = int((frame["missing"] != "").sum())
     skipped = frame.attrs.get("skipped", 0)
     print(f"{len(frame)} case(s) -> {args.out or 'standard output'}"
-          + (f"; {fallback} predicted without a missing input (see 'inputs' and 'missing')" if fallback else "")
+          + (f"; {fallback} predicted with an input missing (see 'inputs' and 'missing')" if fallback else "")
           + (f"; {skipped} skipped: no output can predict them" if skipped else ""), file=sys.stderr)
     return 0
 

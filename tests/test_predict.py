@@ -199,13 +199,13 @@ def test_two_image_case_without_its_clinical_image_is_predicted_by_the_derm_head
     case = str(pd.read_csv(root / "meta" / "meta.csv")["case_num"][first])
     i = list(frame["case_id"]).index(case)
     assert frame["inputs"][i] == "derm" and (frame["inputs"].drop(index=i) == "clinic+derm").all()
-    assert "clinic" in frame["missing"][i] and "no such image file" in frame["missing"][i]
+    assert frame["missing"][i].startswith("clinic") and f"no such image file under {root / 'images'}" in frame["missing"][i]
     for t in (t.name for t in DERM7PT_TASKS):
         np.testing.assert_allclose(_probs(frame, "searched", t)[i], branch_probs(saved, "derm")[t][i], atol=1e-5)
         assert np.isnan(_probs(frame, "clinic", t)[i]).all() and np.isnan(_probs(frame, "fusion", t)[i]).all()
 
 
-def test_jif_without_its_metadata_columns_predicts_from_the_image_branch(jif_run, pad_root, tmp_path):
+def test_jif_without_its_metadata_columns_predicts_from_the_image_branch(jif_run, pad_root, tmp_path, capsys):
     fields = load_predictor(jif_run).vectorizer.field_names
     root = _layout_copy(pad_root, tmp_path / "pad", "metadata.csv", lambda df: df.drop(columns=fields))
     frame = predict(jif_run, root=root, split="test", device="cpu")
@@ -216,6 +216,11 @@ def test_jif_without_its_metadata_columns_predicts_from_the_image_branch(jif_run
     np.testing.assert_allclose(_probs(frame, "image", "diagnostic"), branch_probs(saved, "image")["diagnostic"],
                                atol=1e-5)
     assert np.isnan(_probs(frame, "meta", "diagnostic")).all()
+    from skinlesion.predict import main   # the command's summary counts the rows that did without an input
+    out = tmp_path / "pred.csv"
+    assert main([str(jif_run), "--root", str(root), "--split", "test", "--out", str(out), "--device", "cpu"]) == 0
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"{len(frame)} case(s) -> {out}; {len(frame)} predicted with an input missing (see 'inputs' and 'missing')")
 
 
 def test_an_empty_field_is_missing_only_where_training_never_left_it_empty(jif_run, pad_root, tmp_path):
