@@ -42,6 +42,15 @@ def test_wilcoxon_exact_matches_scipy_and_thesis_floor():
     assert r2["statistic"] == pytest.approx(stats.wilcoxon(x2, y2, method="exact").statistic)
 
 
+def test_too_few_blocks_are_said_to_be_unable_to_reach_significance():
+    five = wilcoxon_pair(np.arange(5.0) + 1, np.zeros(5))     # all of one sign: p = 2 / 2**5, the floor
+    assert five["p"] == pytest.approx(0.0625) and "smallest possible p is 0.0625" in five["note"]
+    one = wilcoxon_pair(np.array([0.7]), np.array([0.6]))
+    assert one["p"] == 1.0 and one["note"].startswith("n = 1:")
+    six = wilcoxon_pair(np.arange(6.0) + 1, np.zeros(6))     # 2 / 2**6 < 0.05: a test that can speak
+    assert six["p"] == pytest.approx(2 / 64) and six["note"] is None
+
+
 def test_wilcoxon_reports_lost_exactness():
     x = np.array([0.70, 0.72, 0.71, 0.69, 0.75, 0.74, 0.73, 0.70])
     y = x - np.array([0.0, 0.01, 0.02, 0.01, 0.03, 0.04, 0.05, 0.06])  # one zero, tied |d| = 0.01

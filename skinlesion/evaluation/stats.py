@@ -143,6 +143,9 @@ def wilcoxon_pair(x: np.ndarray, y: np.ndarray, exact_max_n: int = 50) -> dict:
         res = stats.wilcoxon(d, alternative="two-sided", method="asymptotic")
         out.update(method="asymptotic", note="exactness lost (" + "; ".join(reasons) + "): normal approximation")
     out["statistic"], out["p"] = float(res.statistic), float(res.pvalue)
+    floor = 2.0 / 2 ** n   # the exact test's smallest two-sided p (every difference of one sign)
+    if out["exact"] and floor >= 0.05:
+        out["note"] = f"n = {n}: the smallest possible p is {floor:.3g}, so no difference can reach p < 0.05"
     return out
 
 
