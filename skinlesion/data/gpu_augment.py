@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,28 @@ class AugmentParams:
 
 def _eye(n: int, device) -> torch.Tensor:
     return torch.eye(3, device=device).expand(n, 3, 3).clone()
+
+
+# Constant matrices, built once per (size, device, default dtype) and reused by every batch: a tensor made from
+# Python numbers on a CUDA device is a host-to-device copy, i.e. a host synchronisation per batch. Callers never
+# modify them in place; they are made outside inference mode, so a first call under torch.inference_mode() does not
+# leave inference tensors that later autograd-tracked computations could not use.
+@lru_cache(maxsize=64)
+@torch.inference_mode(False)
+def _quarter_turns(w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(4, 3, 3): 0-3 counter-clockwise quarter turns (np.rot90) of a square image of width ``w``."""
+    r1 = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, w - 1.0], [0.0, 0.0, 1.0]], device=device, dtype=dtype)
+    return torch.stack([torch.eye(3, device=device, dtype=dtype), r1, r1 @ r1, r1 @ r1 @ r1])
+
+
+@lru_cache(maxsize=64)
+@torch.inference_mode(False)
+def _unit_maps(h: int, w: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel centres 0..w-1 -> -1..1 (``norm``) and back (``denorm``), for ``align_corners=True``."""
+    norm = torch.tensor([[2 / (w - 1), 0, -1], [0, 2 / (h - 1), -1], [0, 0, 1]], device=device, dtype=dtype)
+    denorm = torch.tensor([[(w - 1) / 2, 0, (w - 1) / 2], [0, (h - 1) / 2, (h - 1) / 2], [0, 0, 1]],
+                          device=device, dtype=dtype)
+    return norm, denorm
 
 
 class BatchAugment:
@@ -154,8 +177,7 @@ class BatchAugment:
         # np.rot90 (counter-clockwise quarter turn) of a square image: (x, y) -> (y, w - 1 - x)
         if h != w and bool((rot90 % 2 == 1).any()):
             raise ValueError(f"90-degree rotations need square images, got {h}x{w}")
-        r1 = torch.tensor([[0.0, 1.0, 0.0], [-1.0, 0.0, w - 1.0], [0.0, 0.0, 1.0]], device=dev)
-        quarter = torch.stack([torch.eye(3, device=dev), r1, r1 @ r1, r1 @ r1 @ r1])
+        quarter = _quarter_turns(w, dev, torch.get_default_dtype())
         return quarter[rot90] @ af @ fh @ fv
 
     # --- application ---------------------------------------------------------------------------------
@@ -177,9 +199,7 @@ class BatchAugment:
         inv[:, :2, 2] = -(inv[:, :2, :2] @ m[:, :2, 2:]).squeeze(-1)
         # pixel centres 0..w-1 <-> -1..1: align_corners=True, whose reflection padding mirrors about the edge
         # pixels' centres, i.e. BORDER_REFLECT_101
-        norm = torch.tensor([[2 / (w - 1), 0, -1], [0, 2 / (h - 1), -1], [0, 0, 1]], device=x.device)
-        denorm = torch.tensor([[(w - 1) / 2, 0, (w - 1) / 2], [0, (h - 1) / 2, (h - 1) / 2], [0, 0, 1]],
-                              device=x.device)
+        norm, denorm = _unit_maps(h, w, x.device, torch.get_default_dtype())
         theta = (norm @ inv @ denorm)[:, :2]
         grid = F.affine_grid(theta, [n, x.shape[1], h, w], align_corners=True)
         warped = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=True)

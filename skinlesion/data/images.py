@@ -58,6 +58,13 @@ def check_images(paths: list[Path], workers: int = 8, progress: bool = True) -> 
         return list(tqdm(it, total=len(paths), desc="checking images", disable=not progress))
 
 
+def source_key(src: Path) -> str:
+    """Identity of a source file's contents: resolved path, size and modification time (a changed file gets a new
+    key), shared by the pre-resized cache and the image store."""
+    st = src.stat()
+    return f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
 class ImageCache:
     """Pre-resized copies of source images, keyed by path, size and modification time.
 
@@ -70,8 +77,7 @@ class ImageCache:
         self.size = size
 
     def key(self, src: Path) -> Path:
-        st = src.stat()
-        digest = hashlib.sha1(f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}|{self.size}".encode()).hexdigest()
+        digest = hashlib.sha1(f"{source_key(src)}|{self.size}".encode()).hexdigest()
         return self.dir / digest[:2] / f"{digest[2:20]}.png"
 
     def _build_one(self, src: Path) -> Path:

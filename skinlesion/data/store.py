@@ -4,7 +4,7 @@ The store (:class:`ImageStore`) is one append-only file of (3, S, S) rows (S = `
 ``<cache dir>/store/<S>px/``, memory-mapped when read, with an index from each source file (path, size,
 modification time) to its row: a changed or added image is decoded into a row of its own, every other image is
 reused, by every run and sweep point of any dataset root. Rows are resized exactly like the CPU path's
-(``A.Resize(S, S)``), so evaluation inputs are byte-for-byte those of ``data.augment_on=cpu``.
+(:func:`skinlesion.data.transforms.resize`), so evaluation inputs are byte-for-byte those of ``data.augment_on=cpu``.
 """
 from __future__ import annotations
 
@@ -16,14 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import albumentations as A
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 from tqdm.auto import tqdm
 
-from skinlesion.data.images import load_rgb
+from skinlesion.data.images import load_rgb, source_key
 from skinlesion.data.table import CaseTable
+from skinlesion.data.transforms import resize
+from skinlesion.provenance import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,7 @@ class ImageStore:
     def index_path(self) -> Path:
         return self.dir / "index.json"
 
-    @staticmethod
-    def key(src: Path) -> str:
-        st = src.stat()
-        return f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    key = staticmethod(source_key)
 
     def _rows_on_disk(self) -> int:
         return self.data.stat().st_size // self.row_bytes if self.data.is_file() else 0
@@ -86,10 +84,10 @@ class ImageStore:
         n = self._rows_on_disk()
         return {k: int(r) for k, r in rows.items() if 0 <= int(r) < n}
 
-    def rows(self, sources: Sequence[Path]) -> np.ndarray | None:
-        """The row of every source when all are stored (None otherwise)."""
+    def rows(self, sources: Sequence[Path], keys: Sequence[str] | None = None) -> np.ndarray | None:
+        """The row of every source when all are stored (None otherwise); ``keys``: the sources' keys, if known."""
         index = self._read_index()
-        keys = [self.key(Path(s)) for s in sources]
+        keys = [self.key(Path(s)) for s in sources] if keys is None else keys
         return np.array([index[k] for k in keys], dtype=np.int64) if all(k in index for k in keys) else None
 
     def build(self, sources: Sequence[Path], where: Sequence[str] | None = None, workers: int = 8,
@@ -98,7 +96,8 @@ class ImageStore:
         ``where[i]`` says which case reads ``sources[i]``, for decode errors (``" (case X, meta.csv line 7)"``)."""
         sources = [Path(s) for s in sources]
         where = list(where) if where is not None else [""] * len(sources)
-        rows = self.rows(sources)
+        keys = [self.key(s) for s in sources]
+        rows = self.rows(sources, keys)
         if rows is not None:
             return rows
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -109,8 +108,7 @@ class ImageStore:
                 with open(self.data, "r+b") as f:   # a row cut short by a kill: drop it
                     f.truncate(n * self.row_bytes)
             todo: dict[str, int] = {}
-            for i, s in enumerate(sources):
-                k = self.key(s)
+            for i, k in enumerate(keys):
                 if k not in index:
                     todo.setdefault(k, i)
             with tqdm(total=len(todo), desc=f"image store {self.size}px", disable=not progress or not todo) as bar:
@@ -129,20 +127,19 @@ class ImageStore:
         if todo:
             log.info("image store: %d image(s) decoded at %dpx, %d reused (%s, %.2f GB)", len(todo), self.size,
                      len(sources) - len(todo), self.data, self.data.stat().st_size / 1e9)
-        return np.array([index[self.key(s)] for s in sources], dtype=np.int64)
+        return np.array([index[k] for k in keys], dtype=np.int64)
 
     def _write_index(self, index: dict[str, int]) -> None:
-        tmp = self.index_path.with_name(f"index.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"size": self.size, "rows": index}))
-        os.replace(tmp, self.index_path)
+        with atomic_path(self.index_path) as tmp:
+            tmp.write_text(json.dumps({"size": self.size, "rows": index}))
 
     def _decode(self, sources: list[Path], where: list[str], workers: int) -> np.ndarray:
         out = np.empty((len(sources), 3, self.size, self.size), dtype=np.uint8)
-        resize = A.Resize(self.size, self.size)
+        to_size = resize(self.size)
 
         def one(i: int) -> None:
             # the CPU path's resize (cv2 INTER_LINEAR via albumentations), so eval inputs are identical
-            out[i] = resize(image=load_rgb(sources[i], where[i]))["image"].transpose(2, 0, 1)
+            out[i] = to_size(image=load_rgb(sources[i], where[i]))["image"].transpose(2, 0, 1)
 
         with ThreadPoolExecutor(max(1, workers)) as pool:   # decoding and resizing release the GIL
             list(pool.map(one, range(len(sources))))
@@ -192,11 +189,11 @@ class StoreDataset(Dataset):
     ``__getitems__`` reads a whole batch with one indexed read of the store, so one loader worker keeps up."""
 
     def __init__(self, table: CaseTable, positions: np.ndarray, keys: tuple[str, ...], meta: np.ndarray,
-                 store: Path, size: int, rows: dict[str, np.ndarray], n_draws: int = 0, in_memory: bool = False):
+                 store: Path, size: int, rows: dict[str, np.ndarray], n_draws: int = 0):
         self.positions, self.keys = positions, keys
         self.meta = torch.from_numpy(meta.astype(np.float32))
         self.targets = torch.from_numpy(table.targets[positions])
-        self.store, self.size, self.in_memory = Path(store), size, in_memory
+        self.store, self.size = Path(store), size
         self.rows = {k: np.asarray(rows[k])[positions] for k in keys}   # store row of each case's image
         self.n_draws = n_draws
         self.seed = int(torch.randint(0, 2**31 - 1, (1,)).item())   # as CaseDataset: from the seeded generator
@@ -211,7 +208,7 @@ class StoreDataset(Dataset):
     @property
     def array(self) -> np.ndarray:
         if self._array is None:
-            self._array = open_store(self.store, self.size, self.in_memory)
+            self._array = open_store(self.store, self.size)
         return self._array
 
     def __len__(self) -> int:
