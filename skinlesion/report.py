@@ -24,7 +24,8 @@ from skinlesion.evaluation import figures as F
 from skinlesion.evaluation import tables as TB
 from skinlesion.evaluation.aggregate import (PRIMARY_SPLIT, REPORTED_SPLITS, collect_jobs, evaluate_jobs,
                                              order_methods, problems_frame, summarise)
-from skinlesion.evaluation.stats import NO_BACKBONE, THESIS_METHODS, compare_methods, pair_backbone_free, select_methods
+from skinlesion.evaluation.stats import (NO_BACKBONE, THESIS_METHODS, compare_methods, image_backbones,
+                                         pair_backbone_free, select_methods)
 
 METRIC_LABEL = {"bac": "BAC", "avg_acc": "AVG ACC", "avg_auc": "AVG AUC"}
 
@@ -207,8 +208,7 @@ def _confusion_and_tsne(jobs, prec: pd.DataFrame, details: dict, ds: str, mm: st
     if prec.empty:
         return out
     # one image backbone; methods that use none (metadata only) appear beside it with all their runs
-    image_backbones = [b for b in prec["backbone"].dropna().unique() if b != NO_BACKBONE]
-    bb = F.backbone_for_figures(image_backbones or [""])
+    bb = F.backbone_for_figures(image_backbones(prec) or [""])
     rec = prec[prec.backbone.isin([bb, NO_BACKBONE])]
     mats, classes = {}, None
     for m in order_methods(rec["method"]):

@@ -267,12 +267,25 @@ def run_outputs(job: Job, pred_branches: Sequence[str]) -> list[tuple[str, objec
     return out
 
 
-def _frame(job: Job, split: str, combination) -> pd.DataFrame | None:
+def _predictions_path(job: Job, split: str) -> Path:
+    return job.path / "predictions" / f"{split}.parquet"
+
+
+def _frame(job: Job, split: str, combination, cache: dict[Path, pd.DataFrame] | None = None) -> pd.DataFrame | None:
+    """The frame ``combination`` is evaluated on; with ``cache`` ({path: frame}) each file is read once.
+    Cached frames are shared between outputs, so callers must not change them (evaluation only reads)."""
     if combination == "searched":
         path = job.path / "search" / f"{split}_fused.parquet"
     else:
-        path = job.path / "predictions" / f"{split}.parquet"
-    return P.read_predictions(path) if path.exists() else None
+        path = _predictions_path(job, split)
+    if cache is not None and path in cache:
+        return cache[path]
+    if not path.exists():
+        return None
+    df = P.read_predictions(path)
+    if cache is not None:
+        cache[path] = df
+    return df
 
 
 def evaluate_jobs(jobs: Sequence[Job]) -> tuple[pd.DataFrame, dict]:
@@ -289,12 +302,14 @@ def evaluate_jobs(jobs: Sequence[Job]) -> tuple[pd.DataFrame, dict]:
         splits = REPORTED_SPLITS.get(dataset, ["val", "test"])
         main_metric = info.get("main_metric") or "bac"
         try:
-            first = P.read_predictions(j.path / "predictions" / f"{splits[0]}.parquet")
+            first_path = _predictions_path(j, splits[0])
+            first = P.read_predictions(first_path)
+            frames = {first_path: first}   # this job's files, each read once for all its outputs
             outputs = run_outputs(j, P.branches(first))
             new = []
             for label, comb in outputs:
                 for split in splits:
-                    df = _frame(j, split, comb)
+                    df = _frame(j, split, comb, frames)
                     if df is None:
                         continue
                     m = evaluate_predictions(df, comb, dataset)

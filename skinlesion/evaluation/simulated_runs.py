@@ -13,6 +13,7 @@ import pandas as pd
 from skinlesion.data.tasks import DATASET_TASKS
 
 from . import predictions as P
+from .stats import NO_BACKBONE
 
 DEFAULT_BRANCHES = {"image_only": ["image"], "jf": ["fusion"], "jif": ["image", "meta", "fusion"],
                     "two_image": ["derm", "clinic", "fusion"]}
@@ -76,7 +77,7 @@ DEFAULT_MODELS = {"image_only": ("Image", ["image"], 0.8),
                   **{f"jif_{k}": (f"JIF-{abbr}", ["image", "meta", "fusion"], sig + 0.1)
                      for k, (abbr, sig) in _FUSION.items()}}
 CHAPTER4_MODELS = tuple(DEFAULT_MODELS)
-DEFAULT_MODELS["meta_only"] = ("Meta", ["meta"], 0.6)   # no image backbone: its runs record backbone "none"
+DEFAULT_MODELS["meta_only"] = ("Meta", ["meta"], 0.6)   # no image backbone: its runs record NO_BACKBONE
 CHAPTER4_BACKBONES = ("mobilenetv2_100", "efficientnet_b3", "resnet50", "densenet121", "xception")
 
 
@@ -109,7 +110,7 @@ def make_sweep(root: str | Path, dataset: str, models: Sequence[str] = ("image_o
     job = 0
     for model in models:
         method, branches, signal = DEFAULT_MODELS[model]
-        for bb in (("none",) if model == "meta_only" else backbones):
+        for bb in ((NO_BACKBONE,) if model == "meta_only" else backbones):
             for r in runs:
                 num, job = job, job + 1
                 if num in skip:

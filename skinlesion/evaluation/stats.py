@@ -164,11 +164,16 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
 NO_BACKBONE = "none"   # run.json's backbone of a method that reads no image (metadata only)
 
 
+def image_backbones(records: pd.DataFrame, backbone_col: str = "backbone") -> list:
+    """The image backbones of ``records``, in order of appearance (no NaN, no ``NO_BACKBONE``)."""
+    return [b for b in records[backbone_col].dropna().unique() if b != NO_BACKBONE]
+
+
 def pair_backbone_free(records: pd.DataFrame, backbone_col: str = "backbone") -> pd.DataFrame:
     """Blocks are (backbone, fold): a method without an image backbone has no block of its own, so its runs are
     paired, fold by fold, with every backbone's runs (each of its rows repeated once per image backbone)."""
     free = records[backbone_col] == NO_BACKBONE
-    backbones = [b for b in records.loc[~free, backbone_col].dropna().unique()]
+    backbones = image_backbones(records, backbone_col)
     if not free.any() or not backbones:
         return records
     spread = [records.loc[free].assign(**{backbone_col: b}) for b in backbones]

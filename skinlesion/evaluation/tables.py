@@ -148,7 +148,7 @@ def _row_groups(records: pd.DataFrame) -> list[tuple[str, str, list[str]]]:
 
 def _best_run(records: pd.DataFrame, runs: Sequence[str], method: str, by: str = "score") -> str:
     """The run with the highest ``by`` value (default: its main metric); first on ties."""
-    # numpy masks: tables ask this for every cell, and pandas' per-call overhead dominated large sweeps
+    # numpy masks: pandas' per-call overhead dominated large sweeps
     run = records["run"].to_numpy(dtype=object)
     keep = np.isin(run, list(runs)) & (records["method"].to_numpy(dtype=object) == method)
     names = run[keep]
@@ -156,8 +156,14 @@ def _best_run(records: pd.DataFrame, runs: Sequence[str], method: str, by: str =
     return str(names[int(np.nanargmax(vals))]) if len(names) and not np.all(np.isnan(vals)) else str(names[0])
 
 
-def _value_cell(records, details, label, runs, method, split, getter: Callable[[dict], float | None], kind: str,
-                thesis: tuple[list[str], str, str] | None, best_by: str = "score") -> str:
+def _row_best(records: pd.DataFrame, runs: Sequence[str], method: str, kind: str, best_by: str) -> str | None:
+    """The run a ``kind="best"`` row reports (see ``_best_run``), chosen once per row; None for means."""
+    return None if kind == "mean" else _best_run(records, runs, method, best_by)
+
+
+def _value_cell(details, label, runs, method, split, getter: Callable[[dict], float | None], kind: str,
+                thesis: tuple[list[str], str, str] | None, best: str | None = None) -> str:
+    """One cell: mean ± std of ``getter`` over ``runs``, or (any other ``kind``) its value for the run ``best``."""
     if kind == "mean":
         vals = np.array([np.nan if (v := getter(details[(r, method, split)])) is None else v for r in runs], dtype=float)
         vals = vals[~np.isnan(vals)]
@@ -166,7 +172,7 @@ def _value_cell(records, details, label, runs, method, split, getter: Callable[[
         mean, std = float(vals.mean()), (float(vals.std(ddof=1)) if len(vals) > 1 else None)
         cell, ours = fmt_stat(mean, std), mean
     else:
-        ours = getter(details[(_best_run(records, runs, method, best_by), method, split)])
+        ours = getter(details[(best, method, split)])
         cell = _pct(ours)
     if thesis:
         tables, column, metric = thesis
@@ -188,13 +194,14 @@ def task_accuracy_table(records, details, split="test", main_metric=None, layout
     tables = (TASK_MEAN_TABLES if kind == "mean" else TASK_BEST_TABLES) if compare else []
     rows = []
     for label, method, runs in _row_groups(rec):
+        best = _row_best(rec, runs, method, kind, best_by)
         row = [label]
         for t in tasks:
-            row.append(_value_cell(rec, details, label, runs, method, split,
+            row.append(_value_cell(details, label, runs, method, split,
                                    lambda m, t=t: m["tasks"].get(t, {}).get("acc"), kind,
-                                   (tables, t, "acc") if tables else None, best_by))
-        row.append(_value_cell(rec, details, label, runs, method, split, lambda m: m.get("avg_acc"), kind,
-                               (tables, "AVG", "acc") if tables else None, best_by))
+                                   (tables, t, "acc") if tables else None, best))
+        row.append(_value_cell(details, label, runs, method, split, lambda m: m.get("avg_acc"), kind,
+                               (tables, "AVG", "acc") if tables else None, best))
         row.append(str(len(runs)))
         rows.append(row)
     return Table(f"derm7pt_{split}_{main_metric or 'all'}_task_acc" + ("" if kind == "mean" else "_best"),
@@ -242,7 +249,7 @@ def configuration_table(records: pd.DataFrame, jobs, split: str = "test", compar
         g = rec[rec.method == method]
         for bb in order_backbones(g["backbone"]):
             runs = g[g.backbone == bb]
-            groups = {str((info.get(r) or {}).get("experiment") or "") for r in runs["run"]}
+            groups = {str(e) for e in runs["experiment"].dropna()}   # run.json's experiment (evaluate_jobs)
             tables = [t for grp in sorted(groups) for t in CH5_TABLES.get(grp, [])] or CH5_ALL_TABLES
             row_label = ch5_thesis_row(method, bb)
             cells = [method, T.backbone_key(bb)]
@@ -284,11 +291,12 @@ def category_auc_table(records, details, split="test", main_metric=None, kind="m
     tables = (["table5_2", "table5_11"] if kind == "best" else ["table5_8"]) if compare else []
     rows = []
     for label, method, runs in _row_groups(rec):
-        row = [label] + [_value_cell(rec, details, label, runs, method, split,
+        best = _row_best(rec, runs, method, kind, best_by)
+        row = [label] + [_value_cell(details, label, runs, method, split,
                                      lambda m, c=c: m.get("category_auc", {}).get(c), kind,
-                                     (tables, c, "auc") if tables else None, best_by) for c in cats]
-        row.append(_value_cell(rec, details, label, runs, method, split, lambda m: m.get("avg_auc"), kind,
-                               (tables, "AVG", "auc") if tables else None, best_by))
+                                     (tables, c, "auc") if tables else None, best) for c in cats]
+        row.append(_value_cell(details, label, runs, method, split, lambda m: m.get("avg_auc"), kind,
+                               (tables, "AVG", "auc") if tables else None, best))
         rows.append(row)
     return Table(f"derm7pt_{split}_{main_metric or 'all'}_category_auc" + ("" if kind == "mean" else "_best"),
                  f"derm7pt {SPLIT_NAME[split]} one-vs-rest AUC per category (%): "
@@ -304,17 +312,19 @@ def melanoma_table(records, details, split="test", main_metric=None, kind="mean"
     present = {c for k, m in details.items() if k[2] == split for c in m.get("melanoma", {}).get("categories", {})}
     cats = [_cat(t, c) for t, c in DERM7PT_MELANOMA_CATEGORIES if _cat(t, c) in present]
     tables = ["table5_4", "table5_14"] if compare and kind == "best" else []
+    groups = [(label, method, runs, _row_best(rec, runs, method, kind, best_by))
+              for label, method, runs in _row_groups(rec)]
     rows = []
     for metric in ("auc", "precision", "sensitivity", "specificity"):
-        for label, method, runs in _row_groups(rec):
+        for label, method, runs, best in groups:
             row = [METRIC_ABBR[metric], label]
             for c in cats:
-                row.append(_value_cell(rec, details, label, runs, method, split,
+                row.append(_value_cell(details, label, runs, method, split,
                                        lambda m, c=c, metric=metric: m["melanoma"]["categories"].get(c, {}).get(metric),
-                                       kind, (tables, c, metric) if tables else None, best_by))
-            row.append(_value_cell(rec, details, label, runs, method, split,
+                                       kind, (tables, c, metric) if tables else None, best))
+            row.append(_value_cell(details, label, runs, method, split,
                                    lambda m, metric=metric: m["melanoma"]["mean"].get(metric), kind,
-                                   (tables, "AVG", metric) if tables else None, best_by))
+                                   (tables, "AVG", metric) if tables else None, best))
             rows.append(row)
     return Table(f"derm7pt_{split}_{main_metric or 'all'}_melanoma" + ("" if kind == "mean" else "_best"),
                  f"derm7pt {SPLIT_NAME[split]} melanoma-related categories (%): "
@@ -337,12 +347,13 @@ def all_categories_table(records, details, split="test", main_metric=None, kind=
     tables = ["table6_10"] if compare and kind == "best" else []
     rows = []
     for label, method, runs in _row_groups(rec):
+        best = _row_best(rec, runs, method, kind, best_by) if cats else None   # no cells: nothing to choose for
         for metric in ("sensitivity", "specificity", "precision", "auc"):
             row = [label, METRIC_ABBR[metric]]
             for t, c in cats:
-                row.append(_value_cell(rec, details, label, runs, method, split,
+                row.append(_value_cell(details, label, runs, method, split,
                                        lambda m, t=t, c=c, metric=metric: m["tasks"][t]["per_class"][c][metric],
-                                       kind, (tables, _cat(t, c), metric) if tables else None, best_by))
+                                       kind, (tables, _cat(t, c), metric) if tables else None, best))
             rows.append(row)
     return Table(f"derm7pt_{split}_{main_metric or 'all'}_all_categories" + ("" if kind == "mean" else "_best"),
                  f"derm7pt {SPLIT_NAME[split]} SEN/SPE/PRE/AUC of every category (%): "

@@ -27,7 +27,6 @@ def table_id(name: str) -> str:
 
 
 @lru_cache(maxsize=None)
-@lru_cache(maxsize=None)
 def _read_table(name: str) -> pd.DataFrame:
     path = THESIS_DIR / f"{name}.csv"
     df = pd.read_csv(path, comment="#", dtype={"row": str, "column": str, "metric": str})

@@ -26,6 +26,7 @@ def run_metadata_only(data_root: str | Path, out_dir: str | Path, classifier: st
     from skinlesion.data.table import check_root
     from skinlesion.evaluation import predictions as P
     from skinlesion.evaluation.metrics import evaluate_predictions
+    from skinlesion.evaluation.stats import NO_BACKBONE
     from skinlesion.provenance import environment, write_json, write_parquet
 
     root = check_root(str(data_root), DATASET)
@@ -54,7 +55,7 @@ def run_metadata_only(data_root: str | Path, out_dir: str | Path, classifier: st
         metrics[s] = {"m": evaluate_predictions(df, "m", DATASET)}
     out = Path(out_dir)
     record = {"status": "completed", "error": None, "dataset": DATASET, "model": "metadata_only", "method": "M",
-              "backbone": "none", "fold": None, "seed": int(seed), "experiment": experiment, "reported": "m",
+              "backbone": NO_BACKBONE, "fold": None, "seed": int(seed), "experiment": experiment, "reported": "m",
               "main_metric": "avg_acc", "branches": ["m"], "tasks": classes, "classifier": name,
               "params": {"total": 0, "trainable": 0, "thesis_count": 0}, "overrides": []}
     for s, df in frames.items():
