@@ -45,14 +45,13 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
+from skinlesion.data.info import META_INPUT
 from skinlesion.errors import ConfigError, DataError, SkinLesionError
 
 log = logging.getLogger(__name__)
 
 PAYLOAD_KEY = "inference"
 PAYLOAD_VERSION = 1
-META = "meta"   # the metadata input, as named in a network's branch_inputs
-OUTPUT = "output"   # the branch segment of the output's probability columns: prob/output/<task>/<class>
 # The dataset's own column naming each image of a case, and the case id column.
 IMAGE_ID_COLUMNS = {"pad_ufes": {"clinic": "img_id"}, "isic2019": {"derm": "image"},
                     "derm7pt": {"derm": "derm", "clinic": "clinic"}}
@@ -62,17 +61,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 # ---------------------------------------------------------------------------------------------- payload
 def _vectorizer(dm):
-    """The run's fitted metadata vectorizer (None without metadata). A DataModule that does not keep its own is
-    refitted here exactly as in its setup: on the training rows of the same table (deterministic)."""
-    if dm.info.meta_dim == 0:
-        return None
-    vec = getattr(dm, "vectorizer", None)
-    if vec is None:
-        vec = dm._vectorizer(source=str(dm.table.source))
-        vec.fit(dm.table.frame.iloc[np.flatnonzero(dm.partition == "train")])
-        if list(vec.columns) != list(dm.meta_columns):
-            raise RuntimeError(f"refitted metadata columns {vec.columns} differ from the run's {dm.meta_columns}")
-    return vec
+    """The run's fitted metadata vectorizer (None without metadata)."""
+    return dm.vectorizer if dm.info.meta_dim else None
 
 
 def _plain_config(cfg) -> dict:
@@ -202,7 +192,6 @@ def load_predictor(checkpoint: str | Path, device: str = "cpu", which: str = "be
                            inference_payload=payload)
     module = build_module(cfg, data, pretrained=False)   # the checkpoint has the weights
     module.load_state_dict(state["state_dict"])
-    module.case_ids = None
     module = module.to(device).eval()
     weights = _searched_weights(run_dir, ckpt)
     notes = []
@@ -223,8 +212,7 @@ def _payload_from_run(ckpt: Path, run_dir: Path | None) -> dict:
     from skinlesion.train import build_module
 
     run = Run(run_dir)
-    module = build_module(run.cfg, run.datamodule(), pretrained=False)
-    return inference_payload(run.cfg, run.datamodule(), module)
+    return build_module(run.cfg, run.datamodule(), pretrained=False).inference_payload
 
 
 # ---------------------------------------------------------------------------------------------- cases
@@ -383,7 +371,7 @@ def cases_from_root(pred: Predictor, root: str | Path, split: str | None = None)
         cases = _cases_from_images(pred, files)
         for m in cases.missing:
             if pred.vectorizer is not None:
-                m[META] = f"no {meta_rel}"
+                m[META_INPUT] = f"no {meta_rel}"
     return cases if split is None else _select_split(pred, cases, root, split)
 
 
@@ -434,7 +422,7 @@ def _encode_metadata(pred: Predictor, cases: _Cases) -> np.ndarray:
         return np.zeros((n, 0), dtype=np.float32)
     if cases.frame is None:
         for m in cases.missing:
-            m[META] = "no --metadata"
+            m[META_INPUT] = "no --metadata"
         return np.zeros((n, vec.dim), dtype=np.float32)
     df = cases.frame.copy()
     vec.source = cases.source   # errors name the user's CSV
@@ -446,7 +434,7 @@ def _encode_metadata(pred: Predictor, cases: _Cases) -> np.ndarray:
                  and not empty_ok.get(f)]
         if absent or empty:
             parts = ([f"no column {absent}"] if absent else []) + ([f"empty {empty}"] if empty else [])
-            cases.missing[r][META] = "; ".join(parts)
+            cases.missing[r][META_INPUT] = "; ".join(parts)
         for f in vec.fields:
             v = None if f.numeric or f.name in absent else _norm_value(row[f.name])
             if v is not None and v not in f.vocab:
@@ -498,11 +486,11 @@ class _CaseDataset:
 
 def _check_images(cases: _Cases) -> None:
     """Every given image must open (header and end checked), before any is run through the model."""
-    from skinlesion.data.images import header_problem
+    from skinlesion.data.images import check_images
 
     for k, paths in cases.images.items():
-        for i, p in enumerate(paths):
-            problem = None if p is None else header_problem(p)
+        given = [(i, p) for i, p in enumerate(paths) if p is not None]
+        for (i, p), problem in zip(given, check_images([p for _, p in given], progress=False)):
             if problem is not None:
                 where = f"case {cases.ids[i]}" + (f", {Path(cases.source).name} line {cases.lines[i]}"
                                                   if cases.lines[i] else "")
@@ -612,7 +600,7 @@ def _plan(pred: Predictor, cases: _Cases, skip_unusable: bool = False) -> list[l
                  else f"{cases.source} case {cases.ids[i]}")
         what = "; ".join(f"{k}: {why}" for k, why in cases.missing[i].items())
         fields = (f" (metadata fields {pred.vectorizer.field_names})"
-                  if META in cases.missing[i] and pred.vectorizer is not None else "")
+                  if META_INPUT in cases.missing[i] and pred.vectorizer is not None else "")
         raise DataError(f"{where}: missing input ({what}); every output of this model needs "
                         f"{sorted({x for need in inputs.values() for x in need})}{fields} (branches: "
                         f"{ {b: list(need) for b, need in inputs.items()} }); {len(bad)} case(s) affected "
@@ -621,6 +609,8 @@ def _plan(pred: Predictor, cases: _Cases, skip_unusable: bool = False) -> list[l
 
 
 def _frame(pred: Predictor, cases: _Cases, plan, probs: dict, logits: dict) -> pd.DataFrame:
+    from skinlesion.evaluation.search import fuse
+
     module, tasks = pred.module, pred.payload["tasks"]
     inputs_of = pred.branch_inputs
     branches = list(inputs_of)
@@ -634,14 +624,13 @@ def _frame(pred: Predictor, cases: _Cases, plan, probs: dict, logits: dict) -> p
         p = {b: {t: v[rows] for t, v in per_task.items()} for b, per_task in probs.items()}
         z = {b: {t: v[rows] for t, v in per_task.items()} for b, per_task in logits.items()}
         if usable is None and pred.weights:   # the searched weighting of the run, with its saved weights
-            total = sum(pred.weights.values())
-            combined = {t: sum(w / total * p[b][t].double() for b, w in pred.weights.items()) for t in tasks}
+            combined = fuse([p[b] for b in pred.weights], list(pred.weights.values()))
         elif usable is None:
             combined = module.combined_probs(p, z, pred.output)
         else:   # what the usable branches say: their mean, as the 'all' output
             combined = module.combined_probs({b: p[b] for b in usable}, {b: z[b] for b in usable}, "all")
         for t in tasks:
-            reported[t][rows] = combined[t].double().numpy()
+            reported[t][rows] = np.asarray(combined[t], dtype=np.float64)
         names = "+".join(sorted({x for b in (usable or branches) for x in inputs_of[b]}))
         for i in rows:
             used[i] = names

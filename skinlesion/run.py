@@ -22,11 +22,6 @@ from omegaconf import DictConfig, OmegaConf
 from skinlesion.errors import ConfigError
 
 
-def _cuda() -> bool:
-    import torch
-    return torch.cuda.is_available()
-
-
 def _checkpoint(run_dir: Path, which: str) -> Path:
     """``best``: the checkpoint the run evaluated (metrics.json), else the best-scored file name; ``last``;
     ``swa`` (the averaged weights of the chapter-5 recipe); or a path."""
@@ -128,7 +123,7 @@ class Run:
         if root is not None:
             from skinlesion.predict import predict as predict_cases
 
-            device = "cuda" if accelerator in ("auto", "gpu", "cuda") and _cuda() else "cpu"
+            device = None if accelerator in ("auto", "gpu", "cuda") else "cpu"   # None: the GPU where there is one
             return predict_cases(self.dir, root=root, split=split, tta=tta, device=device,
                                  which=str(self.checkpoint), skip_unusable=skip_unusable)
         import lightning as L

@@ -261,10 +261,11 @@ class SkinLesionDataModule(L.LightningDataModule):
 
     def _fit_meta(self) -> None:
         n = len(self.table)
+        self.vectorizer = None   # the fitted encoding, which a run's checkpoints carry for prediction
         if self.meta_variant is None:
             self.meta = np.zeros((n, 0), dtype=np.float32)
             return
-        vec = self._vectorizer(source=str(self.table.source))
+        vec = self.vectorizer = self._vectorizer(source=str(self.table.source))
         vec.check(self.table.frame)          # every row, so the error names the first bad line of the file
         train = self.partition == "train"
         vec.fit(self.table.frame.iloc[np.flatnonzero(train)])   # learned parts (scaling, vocab) see train only

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from skinlesion.data.tasks import Task
 
+META_INPUT = "meta"   # the metadata vector, as named in a network's branch_inputs (beside the image keys)
+
 
 @dataclass(frozen=True)
 class DataInfo:

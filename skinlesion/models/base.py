@@ -3,10 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from skinlesion.data.info import DataInfo
+from skinlesion.data.info import META_INPUT, DataInfo
 from skinlesion.errors import ConfigError
-
-META_INPUT = "meta"   # the metadata vector, as named in branch_inputs (beside the image keys)
 
 
 class Network(nn.Module):
