@@ -149,6 +149,17 @@ def run_job_process(cfg: DictConfig, module: str = "skinlesion.train") -> int:
         return _run(cmd, env, job_dir, gpus)
 
 
+def run_own_process(cfg: DictConfig, module: str) -> bool:
+    """:func:`run_job_process`, then whether the job completed (wrote its ``metrics.json``); a failure is logged and
+    the sweep goes on. Both entry points (``train.py``, ``fusionm4net.py``) run such jobs this way."""
+    code = run_job_process(cfg, module)
+    out = Path(cfg.paths.output_dir)
+    if code == 0 and (out / "metrics.json").is_file():
+        return True
+    log.error("job in %s ended with exit code %d; see its run.json and log file", out, code)
+    return False
+
+
 def _run(cmd: list[str], env: dict, job_dir: Path, gpus: list[str] | None) -> int:
     log.info("job %s%s: %s", job_dir, f" on GPU(s) {','.join(gpus)}" if gpus else "", " ".join(cmd[3:]))
     proc = subprocess.Popen(cmd, env=env, cwd=HydraConfig.get().runtime.cwd)

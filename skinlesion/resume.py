@@ -22,7 +22,7 @@ import logging
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ class ResumePlan:
     checkpoint: Path | None = None
     epoch: int | None = None   # the last completed epoch (0-based) of the checkpoint
     fresh: bool = False        # resume=never: whatever the directory holds is replaced, not continued
+    record: dict = field(default_factory=dict)   # the directory's run.json as found (its earlier attempts)
 
 
 def _flatten(node, prefix: str = "") -> dict[str, object]:
@@ -75,7 +76,8 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 def checkpoint_epoch(path: Path) -> int:
     """The last completed epoch (0-based) stored in a Lightning checkpoint."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: only the epoch is read here (training loads the checkpoint itself), not the weights and optimiser
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001  (any unreadable file gets the same message)
         raise ConfigError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e}); remove it to start this "
                           "run afresh, or pass ckpt_path= to another checkpoint") from None
@@ -89,10 +91,11 @@ def plan(cfg: DictConfig, out: Path) -> ResumePlan:
         return ResumePlan("new", fresh=True)
     saved_cfg = out / "config.yaml"
     record = out / "run.json"
-    status = json.loads(record.read_text()).get("status") if record.is_file() else None
+    found = json.loads(record.read_text()) if record.is_file() else {}
+    status = found.get("status")
     last = out / "checkpoints" / "last.ckpt"
     if explicit is None and status is None and not last.is_file():
-        return ResumePlan("new")
+        return ResumePlan("new", record=found)
     if saved_cfg.is_file() and (explicit is None or status is not None):
         current = OmegaConf.to_container(cfg, resolve=True)
         diff = config_differences(OmegaConf.to_container(OmegaConf.load(saved_cfg), resolve=False), current)
@@ -104,12 +107,12 @@ def plan(cfg: DictConfig, out: Path) -> ResumePlan:
         path = Path(str(explicit)).expanduser()
         if not path.is_file():
             raise ConfigError(f"ckpt_path={explicit!r}: no such checkpoint file")
-        return ResumePlan("resume", path, checkpoint_epoch(path))
+        return ResumePlan("resume", path, checkpoint_epoch(path), record=found)
     if status == "completed" and _results_in_place(out):
-        return ResumePlan("skip")
+        return ResumePlan("skip", record=found)
     if last.is_file():
-        return ResumePlan("resume", last, checkpoint_epoch(last))
-    return ResumePlan("new")
+        return ResumePlan("resume", last, checkpoint_epoch(last), record=found)
+    return ResumePlan("new", record=found)
 
 
 @contextmanager

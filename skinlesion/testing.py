@@ -56,19 +56,22 @@ def train(overrides: list[str], out: Path, tiny: bool = True) -> Path:
     return out
 
 
-def sweep(overrides: list[str]) -> None:
-    """``python train.py -m OVERRIDES`` in this process (Hydra's basic launcher runs the jobs one after another
-    here), without the seconds a fresh interpreter spends importing torch and Lightning. The logging set-up that
-    Hydra installs for its jobs is undone afterwards."""
+def sweep(overrides: list[str], entry: str = "train") -> None:
+    """``python train.py -m OVERRIDES`` (``entry="fusionm4net"``: ``fusionm4net.py``) in this process (Hydra's basic
+    launcher runs the jobs one after another here), without the seconds a fresh interpreter spends importing torch
+    and Lightning. The logging set-up that Hydra installs for its jobs is undone afterwards."""
     import logging
 
     from hydra.core.global_hydra import GlobalHydra
 
-    from skinlesion.train import main
+    if entry == "fusionm4net":
+        from skinlesion.fusionm4net.cli import main
+    else:
+        from skinlesion.train import main
 
     root = logging.getLogger()
     saved = sys.argv, root.handlers[:], root.level
-    sys.argv = ["train.py", "-m", *overrides]
+    sys.argv = [f"{entry}.py", "-m", *overrides]
     try:
         main()
     finally:

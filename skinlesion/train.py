@@ -53,8 +53,10 @@ warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists 
 
 
 def _identity(cfg: DictConfig) -> dict:
+    from skinlesion.evaluation.stats import NO_BACKBONE
+
     return {"dataset": cfg.data.dataset, "model": cfg.model.name, "method": cfg.model.method,
-            "backbone": cfg.backbone.name if cfg.model.net.arch != "meta_only" else "none",   # stats.NO_BACKBONE
+            "backbone": cfg.backbone.name if cfg.model.net.arch != "meta_only" else NO_BACKBONE,
             "drop_path_rate": cfg.backbone.get("drop_path_rate") if cfg.model.net.arch != "meta_only" else None,
             "fold": None if cfg.data.dataset == "derm7pt" else int(cfg.data.fold), "seed": int(cfg.seed),
             "experiment": cfg.get("group"), "reported": cfg.model.report,
@@ -308,12 +310,7 @@ def main(cfg: DictConfig) -> float | None:
     from skinlesion import launch
 
     if launch.needs_own_process(cfg):   # a sweep job on GPUs of a pool, or one that starts DDP ranks
-        code = launch.run_job_process(cfg, "skinlesion.train")
-        out = Path(cfg.paths.output_dir)
-        if code != 0 or not (out / "metrics.json").is_file():
-            log.error("job in %s ended with exit code %d; see its run.json and train.log", out, code)
-            return None
-        return _score(json.loads((out / "metrics.json").read_text()))
+        return saved_score(Path(cfg.paths.output_dir)) if launch.run_own_process(cfg, "skinlesion.train") else None
     return execute(cfg)
 
 
@@ -358,13 +355,13 @@ def execute(cfg: DictConfig) -> float | None:
         return None
     if plan.action == "skip":
         log.info("%s: this run has already completed; skipped (a new run needs another directory)", out)
-        return _score(json.loads((out / "metrics.json").read_text()))
+        return saved_score(out)
     out.mkdir(parents=True, exist_ok=True)
     # DDP ranks > 0 re-run this job in the same directory: only rank 0 writes the run's bookkeeping.
     main_process = rank_zero_only.rank == 0
     if plan.fresh and main_process:
         resume.clear_outputs(out)
-    attempts = json.loads((out / "run.json").read_text()).get("attempts", []) if (out / "run.json").is_file() else []
+    attempts = plan.record.get("attempts", [])
     attempt = {"started": datetime.now().isoformat(), "host": platform.node(), "pid": os.getpid()}
     # One line per process that runs this job (DDP: one per rank), so a job launched twice would show.
     log.info("job %s: rank %d, pid %d, %s", out, rank_zero_only.rank, os.getpid(), plan.action)
@@ -388,23 +385,20 @@ def execute(cfg: DictConfig) -> float | None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
         trainer = state.get("trainer")
         where = {"epoch": int(trainer.current_epoch), "step": int(trainer.global_step)} if trainer else None
-        if isinstance(e, SystemExit) and not isinstance(e, SIGTERMException) and os.environ.get("SUBMITIT_EXECUTOR"):
-            attempt.update(outcome="requeued", interrupted_at=where)
-            record.update(status="requeued", error=None, interrupted_at=where)
-            if main_process:
-                write_json(out / "run.json", record)
-            _finish_wandb(exit_code=1)
-            log.warning("preempted or timed out%s; requeued, the next attempt resumes from the last checkpoint",
-                        f" at epoch {where['epoch']}, step {where['step']}" if where else "")
-            raise   # submitit's exit code tells its controller the job was requeued
-        name = state.get("signal") or ("SIGTERM" if isinstance(e, SIGTERMException) else "SIGINT")
-        attempt.update(outcome="interrupted", interrupted_at=where)
-        record.update(status="interrupted", error=f"interrupted by {name}", interrupted_at=where)
+        requeued = (isinstance(e, SystemExit) and not isinstance(e, SIGTERMException)
+                    and bool(os.environ.get("SUBMITIT_EXECUTOR")))
+        name = None if requeued else state.get("signal") or ("SIGTERM" if isinstance(e, SIGTERMException) else "SIGINT")
+        status = "requeued" if requeued else "interrupted"
+        attempt.update(outcome=status, interrupted_at=where)
+        record.update(status=status, error=None if requeued else f"interrupted by {name}", interrupted_at=where)
         if main_process:
             write_json(out / "run.json", record)
         _finish_wandb(exit_code=1)
-        log.error("interrupted by %s%s; run.json records status 'interrupted'", name,
-                  f" at epoch {where['epoch']}, step {where['step']}" if where else "")
+        at = f" at epoch {where['epoch']}, step {where['step']}" if where else ""
+        if requeued:
+            log.warning("preempted or timed out%s; requeued, the next attempt resumes from the last checkpoint", at)
+            raise   # submitit's exit code tells its controller the job was requeued
+        log.error("interrupted by %s%s; run.json records status 'interrupted'", name, at)
         raise SystemExit(128 + getattr(signal, name, signal.SIGTERM).value) from None
     except Exception as e:  # noqa: BLE001  (recorded, then reported in words or re-raised)
         message = _clean_message(e)
@@ -434,6 +428,11 @@ def execute(cfg: DictConfig) -> float | None:
                                                                   "reported", "world_size")})
     write_json(out / "run.json", record)
     return _score(metrics)
+
+
+def saved_score(out: Path) -> float | None:
+    """The sweeper's value of a completed run directory (from its ``metrics.json``)."""
+    return _score(json.loads((out / "metrics.json").read_text()))
 
 
 def _score(metrics: dict) -> float | None:

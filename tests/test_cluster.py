@@ -24,6 +24,7 @@ from skinlesion.testing import (
     python,
     run_record,
     signal_at_epoch_2,
+    sweep,
     train,
 )
 
@@ -155,6 +156,28 @@ def test_jobs_that_start_ranks_run_as_a_process_of_their_own(monkeypatch):
     assert not _starts_processes(OmegaConf.create({"strategy": "ddp_spawn", "devices": 2}))
     monkeypatch.setenv("LOCAL_RANK", "1")                     # a rank Lightning started: runs in place
     assert not _starts_processes(ddp)
+
+
+def test_fusionm4net_sweep_jobs_take_gpus_as_train_py_jobs_do(tmp_path, monkeypatch):
+    """fusionm4net.py -m with a GPU pool runs each seed as a process of its own (python -m skinlesion.fusionm4net.cli,
+    which takes its GPUs from the pool), never the pipeline inside the sweep's process on whatever GPU it sees."""
+    from skinlesion import launch
+    from skinlesion.fusionm4net import pipeline
+
+    started = []
+
+    def job(cfg, module):
+        started.append((int(cfg.seed), module))
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps({"reported": "p3", "main_metric": "avg_acc",
+                                                      "val": {"p3": {"avg_acc": 0.5}}}))
+        return 0
+
+    monkeypatch.setattr(launch, "run_job_process", job)
+    monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg: pytest.fail("the pipeline ran in the sweep's process"))
+    sweep(["seed=1,2", "gpu_pool=[0,1]", f"hydra.sweep.dir={tmp_path / 'sweep'}"], entry="fusionm4net")
+    assert sorted(started) == [(1, "skinlesion.fusionm4net.cli"), (2, "skinlesion.fusionm4net.cli")]
 
 
 def test_a_requeued_attempt_is_recorded_and_the_next_one_resumes(pad_root, tmp_path, monkeypatch):

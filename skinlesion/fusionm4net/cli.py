@@ -18,9 +18,14 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="fusionm4net")
 def main(cfg: DictConfig) -> float | None:
+    from skinlesion import launch
     from skinlesion.config import validate_config
     from skinlesion.fusionm4net.pipeline import run_pipeline
 
+    if launch.needs_own_process(cfg):   # as in train.py: a sweep job on GPUs of a pool, or one that starts DDP ranks
+        from skinlesion.train import saved_score
+        out = Path(cfg.paths.output_dir)
+        return saved_score(out) if launch.run_own_process(cfg, "skinlesion.fusionm4net.cli") else None
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         validate_config(cfg)
@@ -34,3 +39,7 @@ def main(cfg: DictConfig) -> float | None:
 
     print(summary(result), flush=True)
     return result["avg_acc"]["val"]["p3"]
+
+
+if __name__ == "__main__":   # python -m skinlesion.fusionm4net.cli: how a sweep job runs as a process of its own
+    main()
