@@ -211,3 +211,19 @@ def run_command(cmd: Sequence[str], timeout: float, **popen) -> subprocess.Compl
 def python(*args: str | Path, timeout: float, **popen) -> subprocess.CompletedProcess:
     """``python ARGS`` with this interpreter, from the checkout (``python("train.py", *args, timeout=300)``)."""
     return run_command([sys.executable, *map(str, args)], timeout, **popen)
+
+
+class PauseEachEpoch(Callback):
+    """A Lightning callback that sleeps ``seconds`` at the end of every training epoch: a tiny run that lasts long
+    enough for a cluster's time limit or a person's signal to reach it mid-run (cluster tests).
+
+        +callbacks.pause._target_=skinlesion.testing.PauseEachEpoch +callbacks.pause.seconds=5
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = float(seconds)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        import time
+
+        time.sleep(self.seconds)
