@@ -5,7 +5,9 @@ A run directory is the unit of work: running a job whose directory already holds
 - a completed run (``run.json`` status ``completed``, ``metrics.json`` and its predictions) skips it and returns its
   score;
 - ``checkpoints/last.ckpt`` (written at the end of every epoch) continues training from that epoch: optimiser,
-  learning-rate schedule, early-stopping counter, best checkpoint, weight averaging and random states included;
+  learning-rate schedule, early-stopping counter and decision, best checkpoint, weight averaging and random states
+  included; when its training was already over, the run goes straight to the evaluation
+  (:mod:`skinlesion.checkpoints`). An unreadable ``last.ckpt`` falls back to the newest readable checkpoint;
 - nothing of the above starts afresh.
 
 ``resume=never`` trains afresh whatever the directory holds (its checkpoints are removed first, so that a later
@@ -31,6 +33,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from skinlesion import checkpoints
 from skinlesion.errors import ConfigError
 from skinlesion.provenance import write_csv
 
@@ -51,6 +54,7 @@ class ResumePlan:
     checkpoint: Path | None = None
     epoch: int | None = None   # the last completed epoch (0-based) of the checkpoint
     fresh: bool = False        # resume=never: whatever the directory holds is replaced, not continued
+    finished: bool = False     # the checkpoint's training is over: only the evaluation is left to do
     record: dict = field(default_factory=dict)   # the directory's run.json as found (its earlier attempts)
 
 
@@ -73,15 +77,27 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if not _runtime(k) and a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
-def checkpoint_epoch(path: Path) -> int:
-    """The last completed epoch (0-based) stored in a Lightning checkpoint."""
+def checkpoint_summary(path: Path) -> checkpoints.Summary:
+    """What resuming needs of the checkpoint a user named (``ckpt_path=``), or a one-line error."""
     try:
-        # mmap: only the epoch is read here (training loads the checkpoint itself), not the weights and optimiser
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return checkpoints.summary(path)
     except Exception as e:  # noqa: BLE001  (any unreadable file gets the same message)
-        raise ConfigError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e}); remove it to start this "
-                          "run afresh, or pass ckpt_path= to another checkpoint") from None
-    return int(ckpt.get("epoch", -1))
+        raise ConfigError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e}); pass ckpt_path= to another "
+                          "checkpoint, or resume=never to start this run afresh") from None
+
+
+def _resume_point(out: Path) -> checkpoints.Summary | None:
+    """The checkpoint a rerun continues from: ``last.ckpt``, or — when that one is unreadable (truncated by a
+    kill elsewhere, a full disk) — the newest good checkpoint before it, said in one warning line. Never a silent
+    fresh start: a directory whose checkpoints are all unreadable is an error."""
+    found, skipped = checkpoints.resumable(out / "checkpoints")
+    if skipped and found is not None:
+        log.warning("%s: %s unreadable; resuming from %s (%d epoch(s) done) instead", out / "checkpoints",
+                    "; ".join(skipped), found.path.name, found.epoch + 1)
+    elif skipped:
+        raise ConfigError(f"{out / 'checkpoints'}: no readable checkpoint ({'; '.join(skipped)}); pass ckpt_path= "
+                          "to another checkpoint, or resume=never to start this run afresh")
+    return found
 
 
 def plan(cfg: DictConfig, out: Path) -> ResumePlan:
@@ -93,8 +109,7 @@ def plan(cfg: DictConfig, out: Path) -> ResumePlan:
     record = out / "run.json"
     found = json.loads(record.read_text()) if record.is_file() else {}
     status = found.get("status")
-    last = out / "checkpoints" / "last.ckpt"
-    if explicit is None and status is None and not last.is_file():
+    if explicit is None and status is None and not any((out / "checkpoints").glob("*.ckpt")):
         return ResumePlan("new", record=found)
     if saved_cfg.is_file() and (explicit is None or status is not None):
         current = OmegaConf.to_container(cfg, resolve=True)
@@ -107,12 +122,15 @@ def plan(cfg: DictConfig, out: Path) -> ResumePlan:
         path = Path(str(explicit)).expanduser()
         if not path.is_file():
             raise ConfigError(f"ckpt_path={explicit!r}: no such checkpoint file")
-        return ResumePlan("resume", path, checkpoint_epoch(path), record=found)
-    if status == "completed" and _results_in_place(out):
+        point = checkpoint_summary(path)
+    elif status == "completed" and _results_in_place(out):
         return ResumePlan("skip", record=found)
-    if last.is_file():
-        return ResumePlan("resume", last, checkpoint_epoch(last), record=found)
-    return ResumePlan("new", record=found)
+    else:
+        point = _resume_point(out)
+    if point is None:
+        return ResumePlan("new", record=found)
+    return ResumePlan("resume", point.path, point.epoch, record=found,
+                      finished=point.finished(cfg.trainer.get("max_epochs")))
 
 
 @contextmanager
@@ -148,6 +166,8 @@ def clear_outputs(out: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+    for path in out.glob(".*.before-resume.csv"):   # an earlier run's epoch log set aside for merging
+        path.unlink()
 
 
 def _results_in_place(out: Path) -> bool:

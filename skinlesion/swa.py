@@ -4,7 +4,14 @@ evaluate those weights.
 
 Lightning's own ``StochasticWeightAveraging`` callback switches to its SWA learning-rate schedule for the averaged
 epochs; the thesis keeps the cosine schedule running to its end, so this callback only averages and never touches
-the optimiser or the scheduler.
+the optimiser or the scheduler. Lightning's ``WeightAveraging`` computes the same average (a test compares them) but
+validates the average in place of the trained weights — before the window opens that is the untrained initial copy,
+which would pick the best checkpoint — and stores it as every checkpoint's weights; the recipe validates the trained
+weights and evaluates the average once, with recomputed BatchNorm statistics.
+
+A run resumed from a checkpoint written after its last epoch skips Lightning's training loop (and its
+``on_train_start``/``on_train_end`` hooks); the average is then finished when fitting starts, so a run stopped
+between training and its test evaluates the same averaged weights as an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -16,6 +23,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch.optim.swa_utils import AveragedModel
 
+from skinlesion.checkpoints import training_finished
+
 log = logging.getLogger(__name__)
 
 
@@ -24,9 +33,14 @@ def _network(pl_module: L.LightningModule) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def recompute_batchnorm(pl_module: L.LightningModule, loader) -> int:
+def recompute_batchnorm(pl_module: L.LightningModule, loader, seed: int = 0) -> int:
     """Reset every BatchNorm layer of the network and re-estimate its statistics over ``loader`` (an equal-weight
-    average over batches, as ``torch.optim.swa_utils.update_bn``); returns the number of batches seen."""
+    average over batches, as ``torch.optim.swa_utils.update_bn``); returns the number of batches seen.
+
+    The pass runs the network in training mode (dropout, stochastic depth, device-side augmentation draw random
+    numbers) on a random stream of its own, seeded with ``seed``: the statistics then depend on the weights and
+    the data only, not on how much randomness the process used before, so a run that resumes just to finish its
+    averaging gets the statistics of an uninterrupted one."""
     net = _network(pl_module)
     norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -38,10 +52,13 @@ def recompute_batchnorm(pl_module: L.LightningModule, loader) -> int:
     was_training = net.training
     net.train()
     n = 0
-    for batch in loader:
-        batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-        net(pl_module.on_after_batch_transfer(batch, 0))
-        n += 1
+    devices = [pl_module.device] if pl_module.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for batch in loader:
+            batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+            net(pl_module.on_after_batch_transfer(batch, 0))
+            n += 1
     for m in norms:
         m.momentum = momenta[m]
     net.train(was_training)
@@ -59,6 +76,7 @@ class WeightAveraging(Callback):
         self.averaged: AveragedModel | None = None
         self.checkpoint_path: str | None = None
         self._restore: dict | None = None   # a checkpoint's running average, loaded when training starts
+        self._resumed_finished = False      # resumed from a checkpoint whose training was over
 
     def first_epoch(self, trainer: L.Trainer) -> int:
         """0-based epoch index from which weights are averaged."""
@@ -77,6 +95,9 @@ class WeightAveraging(Callback):
         self.averaged.update_parameters(net)
 
     def on_train_end(self, trainer, pl_module):
+        self._finish(trainer, pl_module)
+
+    def _finish(self, trainer, pl_module):
         if self.averaged is None:
             log.warning("weight averaging: training ended before epoch %d; the best checkpoint is evaluated instead",
                         self.first_epoch(trainer) + 1)
@@ -102,8 +123,21 @@ class WeightAveraging(Callback):
     def load_state_dict(self, state: dict) -> None:
         self._restore = state.get("averaged")
 
-    def on_train_start(self, trainer, pl_module):
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self._resumed_finished = training_finished(checkpoint, trainer.max_epochs)
+
+    def _restore_average(self, pl_module) -> None:
         restore, self._restore = self._restore, None
         if restore is not None:
             self.averaged = AveragedModel(_network(pl_module), use_buffers=False)
             self.averaged.load_state_dict(restore)
+
+    def on_fit_start(self, trainer, pl_module):
+        # A run resumed from a checkpoint written after its last epoch skips the training loop, and with it
+        # on_train_start/on_train_end: the average is finished here, on the training device, as it would have been.
+        if self._resumed_finished:
+            self._restore_average(pl_module)
+            self._finish(trainer, pl_module)
+
+    def on_train_start(self, trainer, pl_module):
+        self._restore_average(pl_module)

@@ -142,8 +142,13 @@ def four_epochs(root: Path, cache: Path) -> list[str]:
 
 def signal_at_epoch_2(name: str, once_file: Path) -> list[str]:
     """Overrides adding :class:`SignalAtEpoch`: ``name`` (e.g. SIGKILL, SIGUSR2) when the third epoch starts."""
-    return ["+callbacks.stop._target_=skinlesion.testing.SignalAtEpoch", "+callbacks.stop.epoch=2",
-            f"+callbacks.stop.signal={name}", f"+callbacks.stop.once_file={once_file}"]
+    return signal_at(name, once_file, "epoch_start", 2)
+
+
+def signal_at(name: str, once_file: Path, phase: str, epoch: int = 0) -> list[str]:
+    """Overrides adding :class:`SignalAtEpoch`: ``name`` at ``phase`` (of epoch ``epoch`` where that matters)."""
+    return ["+callbacks.stop._target_=skinlesion.testing.SignalAtEpoch", f"+callbacks.stop.epoch={epoch}",
+            f"+callbacks.stop.signal={name}", f"+callbacks.stop.once_file={once_file}", f"+callbacks.stop.phase={phase}"]
 
 
 def final_scores(run_dir: Path) -> dict:
@@ -164,22 +169,58 @@ def epochs_logged(run_dir: Path) -> list[int]:
 
 
 class SignalAtEpoch(Callback):
-    """A Lightning callback that sends ``signal`` to its own process when epoch ``epoch`` (0-based) starts, i.e.
-    after the previous epoch's checkpoints are written, once: ``once_file`` is created first and, if it exists,
-    nothing is sent. Simulates a kill (SIGKILL) or a cluster's preemption notice (SIGUSR2) at a known point:
+    """A Lightning callback that sends ``signal`` to its own process once, at a known moment of a run: ``once_file``
+    is created first and, if it exists, nothing is sent. Simulates a kill (SIGKILL), Ctrl-C (SIGINT) or a
+    cluster's preemption notice (SIGUSR2); ``SIGUSR2+SIGTERM`` sends both at once, as SLURM does when it kills a job
+    that is being requeued. ``phase``:
+
+    - ``epoch_start``: when training epoch ``epoch`` (0-based) starts, after the previous epoch's checkpoints;
+    - ``mid_epoch``: after the first training batch of epoch ``epoch``;
+    - ``validation``: at the first validation batch of epoch ``epoch``;
+    - ``after_training``: when fitting has ended, before the final evaluation;
+    - ``test``: when the final evaluation starts (its first partition);
+    - ``predictions``: when the final evaluation's second partition starts (the first one's predictions written).
 
         +callbacks.stop._target_=skinlesion.testing.SignalAtEpoch +callbacks.stop.epoch=2 \\
         +callbacks.stop.signal=SIGKILL +callbacks.stop.once_file=/tmp/killed-once
     """
 
-    def __init__(self, epoch: int, signal: str, once_file: str):
-        self.epoch, self.signal, self.once_file = int(epoch), signal, Path(once_file)
+    PHASES = ("epoch_start", "mid_epoch", "validation", "after_training", "test", "predictions")
+
+    def __init__(self, epoch: int, signal: str, once_file: str, phase: str = "epoch_start"):
+        if phase not in self.PHASES:
+            raise ValueError(f"phase={phase!r}: expected one of {', '.join(self.PHASES)}")
+        self.epoch, self.signal, self.once_file, self.phase = int(epoch), signal, Path(once_file), phase
+        self._tests = 0
+
+    def _fire(self, phase: str, epoch: int | None = None) -> None:
+        if phase != self.phase or (epoch is not None and epoch != self.epoch) or self.once_file.exists():
+            return
+        self.once_file.parent.mkdir(parents=True, exist_ok=True)
+        self.once_file.touch()
+        sigs = [getattr(signal, name) for name in self.signal.split("+")]
+        signal.pthread_sigmask(signal.SIG_BLOCK, sigs)   # all pending together, as when they arrive at once
+        for sig in sigs:
+            os.kill(os.getpid(), sig)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
 
     def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch and not self.once_file.exists():
-            self.once_file.parent.mkdir(parents=True, exist_ok=True)
-            self.once_file.touch()
-            os.kill(os.getpid(), getattr(signal, self.signal))
+        self._fire("epoch_start", trainer.current_epoch)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 0:
+            self._fire("mid_epoch", trainer.current_epoch)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0 and not trainer.sanity_checking:
+            self._fire("validation", trainer.current_epoch)
+
+    def on_fit_end(self, trainer, pl_module):
+        self._fire("after_training")
+
+    def on_test_start(self, trainer, pl_module):
+        self._tests += 1
+        self._fire("test" if self._tests == 1 else "predictions" if self._tests == 2 else "later tests")
 
 
 # --------------------------------------------------------------------------------------------- processes
@@ -227,3 +268,23 @@ class PauseEachEpoch(Callback):
         import time
 
         time.sleep(self.seconds)
+
+
+class SubmititTrainJob:
+    """A training run (:func:`train`) as a submitit job that submitit may requeue, as the jobs of Hydra's submitit
+    launchers are: the job process has submitit's signal handling and environment, without a cluster.
+
+        job = submitit.LocalExecutor(folder).submit(SubmititTrainJob(overrides, run_dir))
+    """
+
+    def __init__(self, overrides: list[str], run_dir: Path):
+        self.overrides, self.run_dir = list(overrides), str(run_dir)
+
+    def __call__(self) -> str:
+        train(self.overrides, Path(self.run_dir))
+        return run_record(Path(self.run_dir))["status"]
+
+    def checkpoint(self):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SubmititTrainJob(self.overrides, Path(self.run_dir)))

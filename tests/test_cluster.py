@@ -181,26 +181,27 @@ def test_fusionm4net_sweep_jobs_take_gpus_as_train_py_jobs_do(tmp_path, monkeypa
 
 
 def test_a_requeued_attempt_is_recorded_and_the_next_one_resumes(pad_root, tmp_path, monkeypatch):
-    """The run lifecycle of a requeue, in process (the slow test drives it through submitit's own signal handling):
-    submitit ends the preempted attempt with SystemExit once it has requeued the job; the run says so, and the
-    next attempt continues from the last checkpoint."""
-    from skinlesion.module import MultiTaskModule
+    """The run lifecycle of a requeue, in process (tests/test_signals.py runs real submitit jobs): submitit's handler
+    of the requeue signal requeues the job and exits with SystemExit; the run says so, and the next attempt continues
+    from the last checkpoint."""
+    import signal
 
-    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
-    fired = []
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
 
-    def preempted(self):
-        if self.current_epoch == 2 and not fired:
-            fired.append(True)
-            raise SystemExit(-1)
+    def submitit_requeues(signum, frame):
+        raise SystemExit(-1)
 
-    monkeypatch.setattr(MultiTaskModule, "on_train_epoch_start", preempted, raising=False)
-    run = tmp_path / "run"
-    with pytest.raises(SystemExit):
-        train(four_epochs(pad_root, tmp_path / "cache"), run, tiny=False)
-    record = run_record(run)
-    assert record["status"] == "requeued" and record["interrupted_at"]["epoch"] == 2
-    train(four_epochs(pad_root, tmp_path / "cache"), run, tiny=False)
+    previous = signal.signal(signal.SIGUSR2, submitit_requeues)
+    try:
+        run = tmp_path / "run"
+        stop = [*four_epochs(pad_root, tmp_path / "cache"), *signal_at_epoch_2("SIGUSR2", tmp_path / "once")]
+        with pytest.raises(SystemExit):
+            train(stop, run, tiny=False)
+        record = run_record(run)
+        assert record["status"] == "requeued" and record["interrupted_at"]["epoch"] == 2
+        train(stop, run, tiny=False)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
     record = run_record(run)
     assert record["status"] == "completed"
     first, second = record["attempts"]
@@ -234,7 +235,7 @@ def test_slurm_launcher_takes_tasks_and_gpus_from_the_trainer(tmp_path, monkeypa
 
 
 def test_lightning_leaves_the_slurm_signal_to_submitit(monkeypatch):
-    from skinlesion.train import _cluster_plugins
+    from skinlesion.lifecycle import cluster_plugins as _cluster_plugins
 
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "2")

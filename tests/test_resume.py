@@ -9,7 +9,9 @@ import multiprocessing as mp
 import os
 import random
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -266,8 +268,107 @@ def test_resume_never_trains_afresh_in_a_used_directory(resumed_in_process, pad_
     import shutil
 
     run_dir = shutil.copytree(resumed_in_process[0], tmp_path / "again")   # a completed run
+    earlier = pd.read_csv(run_dir / "csv" / "metrics.csv")                 # ... with an earlier run's log set aside
+    earlier.assign(epoch=earlier["epoch"] + 10).to_csv(run_dir / ".csv.before-resume.csv", index=False)
     train([*four_epochs(pad_root, tmp_path / "cache"), "resume=never"], run_dir, tiny=False)
     record = run_record(run_dir)
     assert record["status"] == "completed" and len(record["attempts"]) == 1
     assert "resumed_from" not in record["attempts"][0]
     assert epochs_logged(run_dir) == [0, 1, 2, 3]             # trained from the first epoch
+
+
+# --- checkpoints written whole, and a truncated one never loses the run ---------------------------------------
+KILL_WHILE_WRITING = """
+import io, os, signal, sys
+import torch
+
+real_save = torch.save
+
+
+def save(obj, f, *args, **kwargs):
+    # the third last.ckpt (epoch 2) is half written when the process is killed, as by the cluster mid-copy
+    if "last.ckpt" in str(getattr(f, "name", "")) and isinstance(obj, dict) and obj.get("epoch") == 2:
+        buffer = io.BytesIO()
+        real_save(obj, buffer, *args, **kwargs)
+        f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *args, **kwargs)
+
+
+torch.save = save
+sys.argv = ["train.py", *sys.argv[1:]]
+from skinlesion.train import main
+
+main()
+"""
+
+
+def test_a_kill_while_last_ckpt_is_written_leaves_the_previous_one_and_the_rerun_resumes(resumed_in_process,
+                                                                                         pad_root, tmp_path):
+    """``$TMPDIR`` on another filesystem (``/dev/shm``, a tmpfs), as on cluster nodes; the process is killed half-way
+    through writing ``last.ckpt`` after its third epoch. The previous ``last.ckpt`` is intact, and the same command
+    resumes from it to the uninterrupted run's results."""
+    plain = resumed_in_process[0]
+    script = tmp_path / "kill_while_writing.py"
+    script.write_text(KILL_WHILE_WRITING)
+    other_fs = Path(tempfile.mkdtemp(dir="/dev/shm")) if Path("/dev/shm").is_dir() else tmp_path / "tmp"
+    env = {**os.environ, "TMPDIR": str(other_fs)}
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, str(script), *four_epochs(pad_root, tmp_path / "cache"), f"hydra.run.dir={run_dir}"]
+    killed = run_command(cmd, timeout=300, env=env)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1   # the previous one
+    resumed = run_command([sys.executable, "train.py", *cmd[2:]], timeout=300, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert run_record(run_dir)["attempts"][-1]["resumed_from"]["epochs_done"] == 2
+    assert not list((run_dir / "checkpoints").glob(".*.tmp"))            # the half-written file is cleared away
+    _same_results(run_dir, plain)
+
+
+def test_a_truncated_last_ckpt_falls_back_to_the_previous_good_checkpoint(resumed_in_process, pad_root, tmp_path,
+                                                                          caplog):
+    plain = resumed_in_process[0]
+    run_dir = tmp_path / "run"
+    stop = [*four_epochs(pad_root, tmp_path / "cache"), *signal_at_epoch_2("SIGINT", tmp_path / "once")]
+    with pytest.raises(SystemExit):
+        train(stop, run_dir, tiny=False)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:4096])                          # truncated elsewhere (a full disk, a copy)
+    with caplog.at_level("WARNING", logger="skinlesion"):
+        train(stop, run_dir, tiny=False)
+    warned = [r.getMessage() for r in caplog.records if "unreadable; resuming from" in r.getMessage()]
+    assert len(warned) == 1 and "last.ckpt (" in warned[0]
+    assert run_record(run_dir)["status"] == "completed"
+    assert final_scores(run_dir) == final_scores(plain)
+    for part in ("val", "test"):
+        a, b = (pd.read_parquet(d / "predictions" / f"{part}.parquet") for d in (run_dir, plain))
+        cols = [c for c in a.columns if c.startswith("prob/")]
+        assert np.abs(a[cols].to_numpy() - b[cols].to_numpy()).max() < 1e-5
+
+
+def test_a_directory_whose_checkpoints_are_all_unreadable_is_an_error_not_a_fresh_start(pad_root, tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(SystemExit, match=r"no readable checkpoint \(last.ckpt \(.*\)\); pass ckpt_path="):
+        train([f"data.root={pad_root}"], run_dir)
+    assert not (run_dir / "run.json").exists()
+
+
+def test_checkpoints_are_written_beside_their_target_and_renamed(tmp_path, monkeypatch):
+    """Nothing is staged under $TMPDIR: the only files ever created are in the checkpoint's own directory."""
+    from skinlesion.checkpoints import AtomicCheckpointIO
+
+    staged = tmp_path / "elsewhere"
+    staged.mkdir()
+    monkeypatch.setenv("TMPDIR", str(staged))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    target = tmp_path / "ckpts" / "last.ckpt"
+    seen = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: (seen.append((Path(a), Path(b))), real_replace(a, b))[1])
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(2)}, "epoch": 0}, target)
+    assert torch.load(target, weights_only=True)["epoch"] == 0
+    assert seen == [(seen[0][0], target)] and seen[0][0].parent == target.parent
+    assert not list(staged.iterdir()) and sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]

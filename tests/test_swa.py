@@ -82,3 +82,21 @@ def test_schedule_is_untouched(tmp_path):
     _fit([with_swa, WeightAveraging(last_epochs=3, dirpath=str(tmp_path))])
     assert with_swa.lrs == plain.lrs      # the cosine tail runs as without averaging
     assert with_swa.lrs[-1] < with_swa.lrs[0]
+
+
+def test_the_average_equals_lightnings_weight_averaging_over_the_same_epochs(tmp_path):
+    """Lightning's own ``WeightAveraging`` (updated at the ends of the same epochs, parameters only) computes the same
+    average. It is not used because the recipe needs what it does differently: it validates (and checkpoints as the
+    model's weights) the average instead of the trained weights — before the window opens, that is the untrained
+    initial copy — and it leaves the BatchNorm statistics and the evaluated checkpoint to the user."""
+    from lightning.pytorch.callbacks import WeightAveraging as LightningAveraging
+
+    class LastEpochs(LightningAveraging):
+        def should_update(self, step_idx=None, epoch_idx=None):
+            return epoch_idx is not None and epoch_idx >= 3
+
+    ours, theirs = WeightAveraging(last_epochs=3, update_bn=False, dirpath=str(tmp_path)), LastEpochs(use_buffers=False)
+    _fit([ours, theirs], epochs=6)
+    assert ours.n_averaged == 3 and int(theirs._average_model.n_averaged) == 3
+    for a, b in zip(ours.averaged.module.parameters(), theirs._average_model.module.network.parameters()):
+        assert torch.allclose(a, b, atol=1e-7)

@@ -85,3 +85,21 @@ def test_fusionm4net_stage2_logs_its_config_and_p1_p2_p3(derm7pt_root, fusionm4n
     for b in ("p1", "p2", "p3"):
         assert summary[f"final/test/{b}/avg_acc"] == pytest.approx(result["avg_acc"]["test"][b])
     assert summary["fusion_scheme2/w"] == pytest.approx(result["w"])
+
+
+def test_a_resumed_run_continues_its_one_wandb_run(pad_root, tmp_path, captured):
+    """Stopped at its third epoch and run again in the same directory: both attempts log to the W&B run whose id
+    run.json keeps, so a dashboard counts the run once."""
+    from skinlesion.testing import four_epochs, run_record, signal_at_epoch_2
+
+    stop = [*four_epochs(pad_root, tmp_path / "cache"), "logger=wandb",
+            *signal_at_epoch_2("SIGINT", tmp_path / "once")]
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        train(stop, run, tiny=False)
+    first = run_record(run)["wandb_id"]
+    train(stop, run, tiny=False)
+    record = run_record(run)
+    assert record["status"] == "completed" and record["wandb_id"] == first and first
+    attempts = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(attempts) == 2 and all(p.name.endswith(f"-{first}") for p in attempts)

@@ -124,7 +124,8 @@ class Job:
     path: Path | None
     info: dict = field(default_factory=dict)
     overrides: dict[str, str] = field(default_factory=dict)
-    status: str = "ok"            # ok | failed | interrupted | running | missing_job | missing_run_json | missing_predictions | invalid
+    status: str = "ok"   # ok | failed | interrupted | timed_out | requeued | running | missing_job | missing_run_json
+    #                      | missing_predictions | invalid
     reason: str | None = None
     sweep: Path | None = None
     expected: dict[str, str] | None = None
@@ -178,6 +179,10 @@ def _load_job(path: Path) -> Job:
         at = job.info.get("interrupted_at") or {}
         job.status, job.reason = "interrupted", "stopped by a signal" + (
             f" at epoch {at.get('epoch')}, step {at.get('step')}" if at else "")
+    elif status == "timed_out":
+        job.status, job.reason = "timed_out", job.info.get("error") or "time limit reached, not requeued"
+    elif status == "requeued":
+        job.status, job.reason = "requeued", "requeued by the cluster; its next attempt resumes from its checkpoint"
     elif status != "completed":
         job.status, job.reason = "running", f"run.json status {status!r} (not completed)"
     else:

@@ -97,7 +97,7 @@ def log_wandb(cfg: DictConfig, result: dict) -> None:
 
     import wandb
 
-    from skinlesion.train import wandb_summary
+    from skinlesion.tracking import wandb_summary
 
     if not (os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").is_file()):
         os.environ.setdefault("WANDB_MODE", "offline")   # no credentials: log locally, sync later

@@ -1,0 +1,138 @@
+"""Checkpoints a run can be resumed from: written whole or not at all, marked when training is over, and read back
+with a fallback to the previous good one.
+
+- :class:`AtomicCheckpointIO` writes every checkpoint (the best, ``last.ckpt``, ``swa.ckpt``) to a temporary file
+  beside its target and moves it into place with ``os.replace``. Lightning's default writer stages the file under
+  ``$TMPDIR`` and, when that is another filesystem (usual on clusters), copies it over the target in place, so a
+  kill during the copy leaves a truncated ``last.ckpt``; a rename within one directory cannot.
+- :class:`FinishedTraining` records in every checkpoint whether early stopping had stopped training when it was
+  written and makes a run resumed from such a checkpoint skip straight to its evaluation, as one resumed after its
+  last epoch does, so that it evaluates what an uninterrupted run evaluates instead of training on.
+- :func:`resumable` picks the newest readable checkpoint of a run directory, ``last.ckpt`` first.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from skinlesion.provenance import atomic_path
+
+log = logging.getLogger(__name__)
+
+STOPPED = "skinlesion_stopped_early"   # checkpoint key: a callback (early stopping) had stopped training
+AVERAGED = "swa.ckpt"                        # the averaged weights (chapter 5): evaluated, never resumed from
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` into a temporary file in the target's directory, flushed to disk, then renamed over the
+    target: a reader finds the previous checkpoint or the new one, never part of one."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def stopped_early(trainer) -> bool:
+    """Whether a callback (early stopping) has stopped the fit loop before its last epoch."""
+    return bool(trainer.should_stop and trainer.fit_loop._can_stop_early)   # noqa: SLF001  (the loop's own test)
+
+
+def epochs_processed(checkpoint: dict) -> int:
+    """Training epochs a checkpoint has completed — the count Lightning's fit loop compares with ``max_epochs``
+    (a checkpoint written at the end of an epoch's validation has not completed that epoch yet)."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError):
+        return int(checkpoint.get("epoch", -1)) + 1
+
+
+def training_finished(checkpoint: dict, max_epochs: int | None) -> bool:
+    """Whether training resumed from ``checkpoint`` has nothing left to do: early stopping had stopped it, or it
+    has completed ``max_epochs`` epochs (the run's setting now, which may differ from the one it was written
+    with)."""
+    done = max_epochs not in (None, -1) and epochs_processed(checkpoint) >= int(max_epochs)
+    return bool(checkpoint.get(STOPPED, False) or done)
+
+
+class FinishedTraining(Callback):
+    """Marks each checkpoint with :func:`stopped_early` and, when training resumes from a checkpoint of a run that
+    early stopping had stopped, stops the fit loop before it starts (``trainer.should_stop``): the decision survives
+    a restart, and the rerun evaluates the checkpoint the stopped run chose.
+
+    ``last.ckpt`` is written at the end of the training epoch, after early stopping has decided (Lightning runs
+    checkpoint callbacks after the others), so its mark includes that decision."""
+
+    def __init__(self):
+        self.resumed_stopped = False
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        checkpoint[STOPPED] = stopped_early(trainer)
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        self.resumed_stopped = bool(checkpoint.get(STOPPED, False))
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if self.resumed_stopped:
+            trainer.should_stop = True   # the loop's `done` check then skips training
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What resuming needs to know of a checkpoint, read without loading its tensors."""
+
+    path: Path
+    epoch: int          # last epoch it was written in, 0-based (-1: none)
+    processed: int      # epochs completed
+    stopped: bool       # early stopping had stopped training
+
+    def finished(self, max_epochs: int | None) -> bool:
+        return training_finished({STOPPED: self.stopped, "epoch": self.epoch,
+                                  "loops": {"fit_loop": {"epoch_progress": {"current": {"processed": self.processed}}}}},
+                                 max_epochs)
+
+
+def summary(path: Path) -> Summary:
+    """Read what :class:`Summary` holds of ``path`` (memory-mapped: the weights and optimiser state stay on disk).
+    Raises on a file that is not a complete checkpoint."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if "state_dict" not in ckpt:
+        raise ValueError("no state_dict in it")
+    return Summary(Path(path), int(ckpt.get("epoch", -1)), epochs_processed(ckpt), bool(ckpt.get(STOPPED, False)))
+
+
+def _candidates(directory: Path) -> list[Path]:
+    """``last.ckpt``, then the run's other training checkpoints (the best ones), newest first."""
+    others = [p for p in directory.glob("*.ckpt") if p.name not in ("last.ckpt", AVERAGED)]
+    return [directory / "last.ckpt", *sorted(others, key=lambda p: p.stat().st_mtime_ns, reverse=True)]
+
+
+def resumable(directory: Path) -> tuple[Summary | None, list[str]]:
+    """The newest readable training checkpoint under ``directory`` and the unreadable ones skipped on the way
+    (``"name (why)"``). A run only resumes from a checkpoint that holds its whole training state, so falling back
+    to an earlier epoch retrains the epochs after it exactly as the lost run did."""
+    skipped: list[str] = []
+    for path in _candidates(directory):
+        if not path.is_file():
+            continue
+        try:
+            return summary(path), skipped
+        except Exception as e:  # noqa: BLE001  (a truncated zip, a pickle error, ...: all mean "not usable")
+            skipped.append(f"{path.name} ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+    return None, skipped
+
+
+def remove_partial_files(directory: Path) -> None:
+    """Temporary files a killed writer left behind (:func:`skinlesion.provenance.atomic_path` names them
+    ``.<target>.<random>.tmp``)."""
+    for p in directory.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
