@@ -9,8 +9,8 @@ Outside a cluster, SIGTERM and SIGINT (Ctrl-C) stop the job by an exception, and
   requeueing arrives a moment later and is ignored, so it cannot overwrite that. When submitit declines (the job has
   used up ``max_num_timeout`` requeues) the attempt is ``timed_out``, said in one line;
 - SIGTERM with no requeue before it (``scancel``, a preemption on a cluster that sends SIGTERM only, the time limit
-  without the early signal) is ``interrupted``; on SLURM the job's state is asked, so ``scontrol requeue`` — which
-  SLURM itself carries out — is recorded ``requeued``.
+  without the early signal) is ``interrupted``; on SLURM the job's record is asked, so ``scontrol requeue`` — which
+  SLURM itself carries out, counting a restart before it signals the job — is recorded ``requeued``.
 
 Lightning's own SLURM requeue is switched off (:func:`cluster_plugins`), so it never answers the same signal twice.
 """
@@ -109,26 +109,27 @@ class RunSignals:
                            "(max_num_timeout)", {"signal": "requeue"})
         name = self.received or ("SIGTERM" if isinstance(error, SIGTERMException) else "SIGINT")
         detail: dict = {"signal": name}
-        state = slurm_job_state() if name == "SIGTERM" else None
-        if state:
-            detail["slurm_state"] = state
-            if "REQUEUE" in state:   # `scontrol requeue` (or a preemption that requeues): SLURM starts it again
-                return Outcome("requeued", None, detail)
+        job = slurm_job() if name == "SIGTERM" else {}
+        if job.get("JobState"):
+            detail["slurm_state"] = job["JobState"]
+        # `scontrol requeue` (or a preemption that requeues) counts the restart before it signals the job, while
+        # `scancel` does not: the job's restart count beyond this attempt's says SLURM will start it again.
+        if job.get("Restarts", "").isdigit() and int(job["Restarts"]) > int(os.environ.get("SLURM_RESTART_COUNT") or 0):
+            return Outcome("requeued", None, detail)
         return Outcome("interrupted", f"interrupted by {name}", detail)
 
 
-def slurm_job_state() -> str | None:
-    """SLURM's state of this job (e.g. ``CANCELLED``, ``REQUEUED``, ``TIMEOUT``), or None off SLURM or when
-    ``scontrol`` does not answer within a few seconds (SLURM kills the job ``KillWait`` seconds after SIGTERM)."""
+def slurm_job() -> dict[str, str]:
+    """SLURM's record of this job (``JobState``, ``Restarts``, ...), or {} off SLURM or when ``scontrol`` does not
+    answer within a few seconds (SLURM kills the job ``KillWait`` seconds after SIGTERM)."""
     job = os.environ.get("SLURM_JOB_ID")
     if not job:
-        return None
+        return {}
     try:
         out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=3).stdout
     except (OSError, subprocess.SubprocessError):
-        return None
-    field = next((f for f in out.split() if f.startswith("JobState=")), None)
-    return field.split("=", 1)[1] if field else None
+        return {}
+    return dict(f.split("=", 1) for f in out.split() if "=" in f)
 
 
 def exit_code(outcome: Outcome) -> int:
