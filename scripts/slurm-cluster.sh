@@ -150,7 +150,8 @@ fi
 
 # --- daemons -----------------------------------------------------------------------------------------------------
 if ! pid_alive "$STATE/slurmctld.pid"; then
-    slurmctld >>"$LOGS/slurmctld.start.log" 2>&1 || fail "slurmctld did not start (see $LOGS/slurmctld.log)"
+    # -c: a fresh controller forgets the jobs of an earlier session (a test cluster; they would compete)
+    slurmctld -c >>"$LOGS/slurmctld.start.log" 2>&1 || fail "slurmctld did not start (see $LOGS/slurmctld.log)"
 fi
 for _ in $(seq 50); do ctld_up && break; sleep 0.2; done
 ctld_up || fail "slurmctld is not answering (see $LOGS/slurmctld.log)"

@@ -2,7 +2,7 @@
 
 ``launcher=local_gpus`` runs sweep points with Hydra's joblib launcher, ``K // d`` at a time for K GPUs and d
 GPUs per job (``trainer.devices``), or ``cpu_jobs`` at a time on a machine without a GPU. Each job takes d GPUs of
-``gpu_pool`` under file locks in the sweep directory (:class:`GpuSlots`) and runs as a fresh
+``gpu_pool`` under machine-wide locks (``gpu_lock_dir``, :class:`GpuSlots`) and runs as a fresh
 ``python -m skinlesion.train`` process that sees only those GPUs (``CUDA_VISIBLE_DEVICES``); a lock is released
 when its holder exits, however it exits.
 
@@ -13,7 +13,6 @@ ranks re-run that job and nothing else (:func:`needs_own_process`). Where the cl
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import subprocess
@@ -23,10 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig
 
 from skinlesion.errors import ConfigError
+from skinlesion.locks import FileLock, Held
 
 log = logging.getLogger(__name__)
 
@@ -68,27 +69,41 @@ def concurrent_jobs(pool, devices, cpu_jobs: int = 1) -> int:
     return len(gpus) // need
 
 
+def gpu_lock_dir(cfg: DictConfig) -> Path:
+    """Where the GPU locks of this machine live (``gpu_lock_dir``): one place for every sweep on the machine."""
+    return Path(str(cfg.get("gpu_lock_dir") or "/tmp/skinlesion-gpu-locks")).expanduser()
+
+
 class GpuSlots:
-    """GPUs of a pool handed to concurrent jobs, each GPU to one job at a time, by exclusive ``flock`` locks on
-    ``<lock_dir>/gpu-<id>.lock``. The operating system drops a lock when its holder exits, so a crashed job never
-    keeps a GPU."""
+    """GPUs of a pool handed to concurrent jobs, each GPU to one job at a time, by exclusive locks
+    (:mod:`skinlesion.locks`) on ``<lock_dir>/gpu-<id>.lock``. The directory is machine-wide (``gpu_lock_dir``), so
+    two sweeps on one machine never share a GPU; a lock dies with its holders, so a crashed job never keeps one."""
 
     def __init__(self, lock_dir: str | Path, pool: list[str]):
         self.dir, self.pool = Path(lock_dir), list(pool)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.dir.is_dir():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                os.chmod(self.dir, 0o1777)   # shared by every user's sweeps, like /tmp itself
+            except OSError:
+                pass
 
-    def _try(self, gpu: str):
-        f = open(self.dir / f"gpu-{gpu}.lock", "a+")   # noqa: SIM115  (kept open while the lock is held)
+    def _try(self, gpu: str) -> FileLock | None:
+        path = self.dir / f"gpu-{gpu}.lock"
+        if not path.exists():
+            try:   # writable by the other users' sweeps too
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o666))
+                os.chmod(path, 0o666)
+            except OSError:
+                pass
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
+            return FileLock(path, f"GPU {gpu}").acquire(blocking=False)
+        except Held:
             return None
-        return f
 
     @contextmanager
     def hold(self, n: int, poll_s: float = 0.2):
-        """Wait until ``n`` GPUs are free together; yields their ids, released on exit."""
+        """Wait until ``n`` GPUs are free together; yields ``(id, lock)`` pairs, released on exit."""
         if n > len(self.pool):
             raise ConfigError(f"a job needs {n} GPUs; the pool has {len(self.pool)}")
         held: list = []
@@ -102,22 +117,31 @@ class GpuSlots:
                         held.append((gpu, f))
                 if len(held) == n:
                     break
-                for _, f in held:   # all or nothing: never sit on some GPUs while waiting for others
-                    f.close()
+                for _, lock in held:   # all or nothing: never sit on some GPUs while waiting for others
+                    lock.release()
                 held = []
                 time.sleep(poll_s)
-            yield [g for g, _ in held]
+            yield held
         finally:
-            for _, f in held:
-                f.close()
+            for _, lock in held:
+                lock.release()
+
+
+def cluster_started_ranks() -> bool:
+    """Whether this process is one of the ranks a cluster started: a task of an ``srun`` step, a ``torchrun`` worker
+    or a rank Lightning launched. The shell of an ``sbatch`` script or an ``salloc`` allocation has SLURM's
+    variables too, but no step: a sweep started there starts its own ranks."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if TorchElasticEnvironment.detect() or "LOCAL_RANK" in os.environ:
+        return True
+    return SLURMEnvironment.detect() and "SLURM_STEP_ID" in os.environ
 
 
 def _starts_processes(trainer: DictConfig) -> bool:
     """Whether Lightning would launch further processes for this trainer (DDP by re-running the command)."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
-
-    if SLURMEnvironment.detect() or TorchElasticEnvironment.detect() or "LOCAL_RANK" in os.environ:
-        return False   # the cluster started the ranks
+    if cluster_started_ranks():
+        return False
     strategy = str(trainer.get("strategy", "auto"))
     if any(s in strategy for s in ("spawn", "fork", "notebook")):
         return False   # these start their processes from Python, not from the command line
@@ -132,21 +156,45 @@ def needs_own_process(cfg: DictConfig) -> bool:
     return bool(cfg.get("gpu_pool") is not None and resolve_pool(cfg.gpu_pool)) or _starts_processes(cfg.trainer)
 
 
-def run_job_process(cfg: DictConfig, module: str = "skinlesion.train") -> int:
-    """Run this sweep job as ``python -m MODULE <its overrides>`` in its own directory (with GPUs from the pool
-    when ``gpu_pool`` is set); returns the process's exit code."""
+# Hydra overrides of the sweep that a job's own process must not inherit: they launch and place the sweep itself.
+_SWEEP_ONLY = ("hydra.launcher", "hydra/launcher", "hydra.sweeper", "hydra/sweeper", "hydra.run.", "hydra.sweep.",
+               "hydra.mode", "hydra.output_subdir", "hydra.job.num", "hydra.job.id")
+
+
+def job_command(module: str) -> list[str]:
+    """``python -m MODULE`` with this sweep job's whole Hydra context: the config name and directories (``--config-dir``
+    and the search path), every override of the job, the user's other ``hydra.*`` overrides, and the sweep's
+    directory — so that ``${hydra:sweep.dir}`` (a shared stage 1, say) means the same in the job's process — with
+    the job's own directory as its run directory."""
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
-    cmd = [sys.executable, "-m", module, f"--config-name={hc.job.config_name}", *hc.overrides.task,
-           f"hydra.run.dir={job_dir}", "hydra.output_subdir=null"]
+    config_dirs = [s.path.removeprefix("file://") for s in hc.runtime.config_sources if s.provider == "command-line"]
+    hydra_overrides = [o for o in hc.overrides.hydra if not o.lstrip("+~").startswith(_SWEEP_ONLY)]
+    return [sys.executable, "-m", module, f"--config-name={hc.job.config_name}",
+            *(f"--config-dir={d}" for d in config_dirs), *hc.overrides.task, *hydra_overrides,
+            f"hydra.run.dir={job_dir}", f"hydra.sweep.dir={hc.sweep.dir}", f"hydra.sweep.subdir={hc.sweep.subdir}",
+            "hydra.output_subdir=null"]
+
+
+def run_job_process(cfg: DictConfig, module: str = "skinlesion.train") -> int:
+    """Run this sweep job as :func:`job_command` in its own directory (with GPUs from the pool when ``gpu_pool`` is
+    set); returns the process's exit code."""
+    hc = HydraConfig.get()
+    job_dir = Path(hc.runtime.output_dir)
+    cmd = job_command(module)
     env = dict(os.environ)
+    if "SLURM_NTASKS" in env and not cluster_started_ranks():
+        # inside an sbatch/salloc allocation, not an srun step: the job starts its own ranks, so Lightning must not
+        # take SLURM's task count (one shell) for its world size
+        for key in ("SLURM_NTASKS", "SLURM_NPROCS"):
+            env.pop(key, None)
     if cfg.get("gpu_pool") is None or not resolve_pool(cfg.gpu_pool):
-        return _run(cmd, env, job_dir, None)
-    slots = GpuSlots(Path(hc.sweep.dir) / ".gpu_locks", resolve_pool(cfg.gpu_pool))
+        return _run(cmd, env, job_dir, [], hc.runtime.cwd)
+    slots = GpuSlots(gpu_lock_dir(cfg), resolve_pool(cfg.gpu_pool))
     need = devices_per_job(cfg.trainer.get("devices", 1)) or len(slots.pool)
-    with slots.hold(need) as gpus:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-        return _run(cmd, env, job_dir, gpus)
+    with slots.hold(need) as held:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu for gpu, _ in held)
+        return _run(cmd, env, job_dir, held, hc.runtime.cwd)
 
 
 def run_own_process(cfg: DictConfig, module: str) -> bool:
@@ -160,9 +208,15 @@ def run_own_process(cfg: DictConfig, module: str) -> bool:
     return False
 
 
-def _run(cmd: list[str], env: dict, job_dir: Path, gpus: list[str] | None) -> int:
+def _run(cmd: list[str], env: dict, job_dir: Path, held: list[tuple[str, FileLock]], cwd: str) -> int:
+    gpus = [gpu for gpu, _ in held]
     log.info("job %s%s: %s", job_dir, f" on GPU(s) {','.join(gpus)}" if gpus else "", " ".join(cmd[3:]))
-    proc = subprocess.Popen(cmd, env=env, cwd=HydraConfig.get().runtime.cwd)
+    # The training process inherits the GPUs' locked files, so it holds them itself: a GPU stays taken while its
+    # job trains even if this launcher is killed, and is free again once both have ended, however they end.
+    fds = [lock.fileno for _, lock in held if lock.fileno is not None]
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, pass_fds=fds)
+    for _, lock in held:
+        lock.record(pid=proc.pid, job=str(job_dir))
     try:
         return proc.wait()
     except BaseException:   # the sweep is stopped: stop the job too (it records itself as interrupted)
@@ -172,3 +226,18 @@ def _run(cmd: list[str], env: dict, job_dir: Path, gpus: list[str] | None) -> in
         except subprocess.TimeoutExpired:
             proc.kill()
         raise
+
+
+class SweepOutcome(Callback):
+    """A Hydra callback: a sweep none of whose jobs completed (all failed, were interrupted or timed out) ends with
+    a non-zero exit status and one line saying so, so that a script or CI step that launched it notices."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from skinlesion.status import rows
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        jobs = rows([sweep_dir]) if sweep_dir.is_dir() else []
+        if jobs and all(r["status"] in ("failed", "interrupted", "timed_out", "missing") for r in jobs):
+            log.error("no job of the sweep in %s completed (%d job(s)); python -m skinlesion.status %s lists them",
+                      sweep_dir, len(jobs), sweep_dir)
+            raise SystemExit(1)

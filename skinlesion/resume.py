@@ -18,7 +18,6 @@ an old run.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import random
@@ -33,14 +32,15 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from skinlesion import checkpoints
+from skinlesion import checkpoints, locks
 from skinlesion.errors import ConfigError
 from skinlesion.provenance import write_csv
 
 log = logging.getLogger(__name__)
 
 # Settings that say how a job runs, not what it computes: they may change between the attempts of one run.
-RUNTIME_KEYS = ("ckpt_path", "resume", "gpu_pool", "cpu_jobs", "tags", "paths", "logger", "callbacks.progress_bar",
+RUNTIME_KEYS = ("ckpt_path", "resume", "gpu_pool", "gpu_lock_dir", "cpu_jobs", "stage1_dir", "tags", "paths", "logger",
+                "callbacks.progress_bar",
                 "hydra", "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.progress", "data.cache",
                 "data.eval_batch_size", "data.root", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
                 "trainer.enable_model_summary")
@@ -136,20 +136,17 @@ def plan(cfg: DictConfig, out: Path) -> ResumePlan:
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """Exclusive use of a run directory that several jobs need (a FusionM4Net stage-1 run shared by the classifiers
-    of one seed): the first job trains it, the others wait here and then find it finished. The lock is an ``flock``
-    on ``.<name>.lock`` beside the directory; the operating system drops it when its holder exits, however it exits,
-    so a crashed holder leaves the next job to resume the run instead of waiting forever."""
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(run_dir.parent / f".{run_dir.name}.lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("%s is in use by another job; waiting for it", run_dir)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    of one seed): the first job trains it, the others wait here and then find it finished. The lock
+    (:mod:`skinlesion.locks`, ``.<name>.lock`` beside the directory) dies with its holder, however it exits, so a
+    crashed holder leaves the next job to resume the run instead of waiting forever. Only rank 0 of a DDP job takes
+    it: the other ranks follow rank 0 (they start when it trains), and waiting on it would deadlock them."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        yield
+        return
+    with locks.hold(run_dir.parent / f".{run_dir.name}.lock", f"lock of the shared run {run_dir}"):
+        yield
 
 
 OUTPUTS = ("run.json", "metrics.json", "checkpoints", "predictions", "search", "csv")

@@ -38,7 +38,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 import skinlesion.config  # noqa: F401  (registers the config resolvers)
-from skinlesion import checkpoints, lifecycle, resume, tracking
+from skinlesion import checkpoints, lifecycle, locks, resume, tracking
 from skinlesion.errors import SkinLesionError
 from skinlesion.provenance import environment, write_config, write_csv, write_json
 
@@ -128,10 +128,24 @@ def run(cfg: DictConfig, out: Path, state: dict | None = None, plan: resume.Resu
 
 def _ddp_strategy(cfg: DictConfig, module) -> dict:
     """A branch trained with loss weight 0 (Table 5.17's W=0 and W=0.5 rows) still predicts, but its head gets no
-    gradient; plain DDP stops at such parameters, so DDP is told to expect them. Its gradients stay absent, as on
-    one device, so the result is the same."""
-    if str(cfg.trainer.get("strategy")) == "ddp" and not all(module.branch_weights.values()):
+    gradient; plain DDP stops at such parameters, so DDP is told to expect them — under any strategy that becomes
+    DDP: ``ddp``, or ``auto`` with several devices or nodes (as ``launcher=slurm trainer.devices=4`` composes). Its
+    gradients stay absent, as on one device, so the result is the same."""
+    from skinlesion.launch import devices_per_job
+
+    if all(module.branch_weights.values()):
+        return {}
+    trainer = cfg.trainer
+    strategy = str(trainer.get("strategy") or "auto")
+    devices = devices_per_job(trainer.get("devices", 1))
+    if devices is None:   # 'auto' or -1: every device of the accelerator
+        import torch
+        devices = torch.cuda.device_count() if str(trainer.get("accelerator")) in ("gpu", "cuda", "auto") else 1
+    several = devices > 1 or int(trainer.get("num_nodes") or 1) > 1
+    if strategy == "ddp" or (strategy == "auto" and several):
         return {"strategy": "ddp_find_unused_parameters_true"}
+    if strategy == "ddp_spawn":
+        return {"strategy": "ddp_spawn_find_unused_parameters_true"}
     return {}
 
 
@@ -165,25 +179,50 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def execute(cfg: DictConfig) -> float | None:
-    """Run one job with status bookkeeping; returns the validation score (for Hydra sweepers)."""
+    """Run one job with status bookkeeping; returns the validation score (for Hydra sweepers).
+
+    One process at a time per run directory: rank 0 holds the directory's lock (``.run.lock``, host, pid and start
+    time inside) for the whole job. A second invocation on the same directory — a sweep rerun while some of its
+    jobs still run — says in one line who holds it and does not start (in a sweep that point is skipped, and the
+    report lists it as running)."""
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
     out = Path(cfg.paths.output_dir)
+    # DDP ranks > 0 re-run this job in the same directory: they follow rank 0, which alone holds the lock and
+    # writes the run's bookkeeping.
+    main_process = rank_zero_only.rank == 0
+    lock = locks.FileLock(out / ".run.lock", "run directory")
     try:   # value types first: a bad command line stops before anything is written
         from skinlesion.config import validate_config
         validate_config(cfg)
+        if main_process:
+            try:
+                lock.acquire(blocking=False)
+            except locks.Held as e:
+                raise RunInUse(f"{out} is in use by {locks.describe(e.holder)}; not started here (run it again "
+                               "once that one has ended)") from None
         plan = resume.plan(cfg, out)   # new, already completed, or continuing from a checkpoint
     except SkinLesionError as e:
+        lock.release()
         log.error("%s", e)
         if not multirun:
             raise SystemExit(f"error: {e}") from None
         return None
+    try:
+        return _execute(cfg, out, plan, hydra_cfg, multirun, main_process)
+    finally:
+        lock.release()
+
+
+class RunInUse(SkinLesionError):
+    """Another process is running the job of this run directory."""
+
+
+def _execute(cfg: DictConfig, out: Path, plan: resume.ResumePlan, hydra_cfg, multirun: bool,
+             main_process: bool) -> float | None:
     if plan.action == "skip":
         log.info("%s: this run has already completed; skipped (a new run needs another directory)", out)
         return saved_score(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # DDP ranks > 0 re-run this job in the same directory: only rank 0 writes the run's bookkeeping.
-    main_process = rank_zero_only.rank == 0
     if plan.fresh and main_process:
         resume.clear_outputs(out)
     if main_process:

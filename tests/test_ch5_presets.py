@@ -104,6 +104,13 @@ def test_a_zero_weight_branch_tells_ddp_to_expect_its_unused_head(tmp_path):
     assert strategy("model.loss.w=0.5", "trainer=ddp") == {"strategy": "ddp_find_unused_parameters_true"}
     assert strategy("model.loss.w=0.1", "trainer=ddp") == {}
     assert strategy("model.loss.w=0") == {}          # one device: nothing to tell
+    unused = {"strategy": "ddp_find_unused_parameters_true"}
+    # any multi-device strategy that becomes DDP: auto with several devices or nodes, the SLURM launcher's GPUs
+    assert strategy("model.loss.w=0", "trainer.devices=2", "trainer.accelerator=cpu") == unused
+    assert strategy("model.loss.w=0", "trainer.num_nodes=2", "trainer.accelerator=cpu") == unused
+    assert strategy("model.loss.w=0", "experiment=table5_17", "launcher=slurm", "trainer.devices=4") == unused
+    assert strategy("model.loss.w=0", "trainer.strategy=ddp_spawn", "trainer.devices=2") == {
+        "strategy": "ddp_spawn_find_unused_parameters_true"}
 
 
 def test_pemm_loss_weight_out_of_range_is_one_line(derm7pt_root, tmp_path):

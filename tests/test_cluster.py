@@ -6,6 +6,7 @@ import json
 import multiprocessing as mp
 import re
 import subprocess
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -50,7 +51,8 @@ def _intervals(runs: list[Path]) -> list[tuple[float, float, str]]:
 # --- 1. local sweeps on a GPU pool ----------------------------------------------------------------------------
 
 def _hold(lock_dir, pool, need, hold_s, queue):
-    with GpuSlots(lock_dir, pool).hold(need, poll_s=0.02) as gpus:
+    with GpuSlots(lock_dir, pool).hold(need, poll_s=0.02) as held:
+        gpus = [gpu for gpu, _ in held]
         start = time.monotonic()
         time.sleep(hold_s)
         queue.put((start, time.monotonic(), tuple(gpus)))
@@ -110,7 +112,7 @@ def test_local_gpus_sweep_runs_each_job_on_its_own_gpus(pad_root, tmp_path):
     """Three jobs on a simulated pool of two GPUs: at most two at a time, never two on one GPU."""
     sweep = tmp_path / "sweep"
     _sweep(["launcher=local_gpus", "gpu_pool=[0,1]", f"data.root={pad_root}", *QUICK, "data.fold=0,1,2",
-            f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path}/cache"])
+            f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path}/cache", f"gpu_lock_dir={tmp_path}/gpus"])
     runs = [sweep / str(i) for i in range(3)]
     assert all(run_record(r)["status"] == "completed" for r in runs)
     spans = _intervals(runs)
@@ -266,3 +268,91 @@ def test_a_preempted_job_is_requeued_and_resumes(pad_root, tmp_path, uninterrupt
     assert "this job is preempted" in logs and "Requeued job" in logs
     assert final_scores(run) == final_scores(uninterrupted)
     assert epochs_logged(run) == [0, 1, 2, 3]
+
+
+# --- machine-wide GPU slots, ranks inside an allocation, a sweep that failed ---------------------------------------
+LAUNCHER = """
+import sys, time
+from skinlesion.launch import GpuSlots, _run
+with GpuSlots(sys.argv[1], ["0"]).hold(1) as held:
+    _run([sys.executable, "-c", "import time; print('training', flush=True); time.sleep(600)"], {}, sys.argv[1], held,
+         ".")
+"""
+
+
+def test_a_gpu_stays_taken_while_its_training_process_runs_though_the_launcher_died(tmp_path):
+    """The training process holds its GPU itself: a SIGKILLed launcher (or sweep) leaves no training process on a
+    GPU that another sweep could take; once the training process ends too, the GPU is free."""
+    import os
+    import signal
+    import sys
+
+    from skinlesion.locks import FileLock, Held
+    from skinlesion.testing import started
+
+    lock = tmp_path / "gpu-0.lock"
+    with started([sys.executable, "-c", LAUNCHER, str(tmp_path)], stdout=subprocess.PIPE) as launcher:
+        assert launcher.stdout.readline().strip() == "training"
+        training = json.loads(lock.read_text())["pid"]              # the holder record names the training process
+        assert training != launcher.pid
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait(timeout=30)
+        with pytest.raises(Held):
+            FileLock(lock).acquire(blocking=False)                  # still taken: its job still trains
+        os.kill(training, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                FileLock(lock).acquire(blocking=False).release()    # free once the training process is gone
+                break
+            except Held:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+
+
+def test_only_srun_tasks_count_as_ranks_the_cluster_started(monkeypatch):
+    """Inside an sbatch script or an salloc shell SLURM's variables are set but no step: a DDP sweep job there
+    starts its own ranks. An srun task (SLURM_STEP_ID) is a rank the cluster started."""
+    from skinlesion.launch import _starts_processes, cluster_started_ranks
+
+    for var in ("LOCAL_RANK", "TORCHELASTIC_RUN_ID", "SLURM_STEP_ID"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "sweep.sh")
+    ddp = OmegaConf.create({"strategy": "ddp", "devices": 2, "num_nodes": 1})
+    assert not cluster_started_ranks() and _starts_processes(ddp)
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    assert cluster_started_ranks() and not _starts_processes(ddp)
+
+
+def test_a_sweep_whose_jobs_all_failed_exits_non_zero(pad_root, tmp_path):
+    out = tmp_path / "sweep"
+    proc = python("train.py", "-m", *TINY, f"data.root={pad_root}", "model=meta_only", "tta=none",
+                  "optim.optimizer.lr=1e30", "data.fold=0,1", "trainer.limit_train_batches=3",
+                  f"hydra.sweep.dir={out}", timeout=300)
+    assert proc.returncode == 1
+    assert [run_record(out / j)["status"] for j in ("0", "1")] == ["failed", "failed"]
+    assert "no job of the sweep in" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_two_sweeps_on_one_machine_never_hold_one_gpu_at_once(pad_root, tmp_path):
+    """Two local_gpus sweeps started together on a pool of two (simulated) GPUs, each wanting both at once: the
+    machine-wide GPU locks keep every GPU to one job of either sweep at a time."""
+    from skinlesion.testing import started
+
+    sweeps = [tmp_path / f"sweep{i}" for i in (1, 2)]
+    cmds = [[sys.executable, "train.py", "-m", "launcher=local_gpus", "gpu_pool=[0,1]", f"data.root={pad_root}",
+             *QUICK, "data.fold=0,1", f"hydra.sweep.dir={s}", f"paths.cache_dir={tmp_path}/cache{i}",
+             f"gpu_lock_dir={tmp_path}/gpus"] for i, s in enumerate(sweeps)]
+    with started(cmds[0], stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as a, \
+            started(cmds[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as b:
+        outs = [p.communicate(timeout=800)[0] for p in (a, b)]
+    assert [a.returncode, b.returncode] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    runs = [s / str(i) for s in sweeps for i in range(2)]
+    assert all(run_record(r)["status"] == "completed" for r in runs)
+    spans = _intervals(runs)
+    overlapping = [(x, y) for i, x in enumerate(spans) for y in spans[i + 1:] if x[0] < y[1] and y[0] < x[1]]
+    assert all(x[2] != y[2] for x, y in overlapping)            # never one GPU in two jobs at once
+    assert max(sum(1 for s, e, _ in spans if s <= t < e) for t, _, _ in spans) <= 2

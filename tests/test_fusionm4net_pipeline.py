@@ -145,7 +145,7 @@ def test_two_classifiers_of_one_seed_in_parallel_train_stage1_once(derm7pt_root,
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     for name in ("main", "sub"):
         assert len(run_record(stage1 / name)["attempts"]) == 1              # trained once
-    assert any("in use by another job; waiting" in o for o in outs)
+    assert any("waiting for the lock of the shared run" in o for o in outs)
     assert all(run_record(tmp_path / c)["status"] == "completed" for c in ("svm", "logreg"))
 
 

@@ -79,12 +79,13 @@ def test_an_interrupted_run_resumes_and_ends_like_an_uninterrupted_one(resumed_i
 
 def test_a_completed_run_is_skipped(resumed_in_process, caplog):
     _, run_dir, _, _, completed, stop = resumed_in_process
-    mtimes = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
+    mtimes = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file() and p.name != ".run.lock"}
     with caplog.at_level("INFO", logger="skinlesion"):
         train(stop, run_dir, tiny=False)
     assert "already completed; skipped" in caplog.text
     assert (run_dir / "run.json").read_bytes() == completed                      # nothing rewritten ...
-    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()} == mtimes   # ... or touched
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")
+            if p.is_file() and p.name != ".run.lock"} == mtimes                   # ... or touched
 
 
 def test_ckpt_path_resumes_explicitly_in_a_new_directory(resumed_in_process, pad_root, tmp_path):

@@ -83,11 +83,13 @@ def test_report_lists_a_missing_run(sweep, tmp_path):
 
 def test_rerunning_the_sweep_skips_its_completed_runs(sweep, pad_root, capsys):
     """The same sweep command again: every completed run is skipped, its files untouched (Hydra's own .hydra/
-    bookkeeping, multirun.yaml and the job logs aside)."""
-    before = {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file() and p.parent.name != ".hydra"}
+    bookkeeping, multirun.yaml, the job logs and the run-directory locks aside)."""
+    before = {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file() and p.parent.name != ".hydra"
+              and p.name != ".run.lock"}
     run_sweep(["experiment=table4_1", "model=image_only,jif_mmfa", "data.fold=0,1", f"data.root={pad_root}", *TINY_CLI,
                f"hydra.sweep.dir={sweep}"])
     assert capsys.readouterr().out.count("already completed; skipped") == 4
-    after = {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file() and p.parent.name != ".hydra"}
+    after = {p: p.stat().st_mtime_ns for p in sweep.rglob("*") if p.is_file() and p.parent.name != ".hydra"
+              and p.name != ".run.lock"}
     assert {p: t for p, t in after.items() if p.name not in ("train.log", "multirun.yaml")} == \
         {p: t for p, t in before.items() if p.name not in ("train.log", "multirun.yaml")}

@@ -13,7 +13,6 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,25 +23,10 @@ from tqdm.auto import tqdm
 from skinlesion.data.images import load_rgb, source_key
 from skinlesion.data.table import CaseTable
 from skinlesion.data.transforms import resize
+from skinlesion.locks import hold
 from skinlesion.provenance import atomic_path
 
 log = logging.getLogger(__name__)
-
-
-@contextmanager
-def _exclusive(lock: Path):
-    """One builder per store at a time (concurrent sweep jobs, DDP ranks); the lock dies with its process."""
-    try:
-        import fcntl
-    except ImportError:   # no POSIX locks: concurrent builders only waste work (each writes its own partial file)
-        yield
-        return
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class ImageStore:
@@ -101,7 +85,8 @@ class ImageStore:
         if rows is not None:
             return rows
         self.dir.mkdir(parents=True, exist_ok=True)
-        with _exclusive(self.dir / "store.lock"):
+        # one builder per store at a time (concurrent sweep jobs, DDP ranks); the lock dies with its process
+        with hold(self.dir / "store.lock", f"image store lock of {self.dir}"):
             index = self._read_index()   # another builder may have added rows while this one waited
             n = self._rows_on_disk()
             if self.data.is_file() and self.data.stat().st_size != n * self.row_bytes:

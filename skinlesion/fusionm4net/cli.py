@@ -35,6 +35,8 @@ def main(cfg: DictConfig) -> float | None:
         if multirun:   # this seed stops; the other jobs of the sweep go on
             return None
         raise SystemExit(f"error: {e}") from None
+    if result is None:   # a DDP rank > 0: rank 0 reports
+        return None
     from skinlesion.fusionm4net.stage2 import summary
 
     print(summary(result), flush=True)

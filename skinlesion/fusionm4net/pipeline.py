@@ -56,12 +56,14 @@ def stage1_config(cfg: DictConfig, out: Path, sub: bool) -> DictConfig:
     return run
 
 
-def run_pipeline(cfg: DictConfig) -> dict:
+def run_pipeline(cfg: DictConfig) -> dict | None:
+    from lightning.pytorch.utilities import rank_zero_only
+
     from skinlesion.fusionm4net.stage2 import run_stage2
     from skinlesion.train import execute
 
     out = Path(cfg.paths.output_dir)
-    stage1 = Path(cfg.stage1_dir)
+    stage1 = Path(cfg.stage1_dir) if cfg.get("stage1_dir") else out / "stage1"
     runs = {"main": (stage1 / "main", False, "test"), "sub": (stage1 / "sub", True, "holdout")}
     for name, (run_dir, sub, needs) in runs.items():
         with run_lock(run_dir):   # jobs sharing this stage 1 (one seed's classifiers) train it once
@@ -73,6 +75,8 @@ def run_pipeline(cfg: DictConfig) -> dict:
                 execute(stage1_config(cfg, run_dir, sub))
             except SystemExit as e:   # execute's one-line error for a single run
                 raise StageFailed(f"stage 1 {name} run failed ({run_dir}): {str(e).removeprefix('error: ')}") from None
+        if rank_zero_only.rank != 0:   # a DDP rank > 0 has done its part; rank 0 writes (and checks) the results
+            continue
         if not finished(run_dir, needs):
             record = {}
             try:
@@ -81,6 +85,8 @@ def run_pipeline(cfg: DictConfig) -> dict:
                 pass
             raise StageFailed(f"stage 1 {name} run failed ({run_dir}): {record.get('error') or 'no completed run'}; "
                               "rerun the same command to retry it")
+    if rank_zero_only.rank != 0:   # a DDP rank > 0 only joins the stage-1 trainings; rank 0 does stage 2
+        return None
     result = run_stage2(runs["main"][0], runs["sub"][0], out_dir=out, classifier=cfg.cluster, seed=int(cfg.seed),
                         grid_n=int(cfg.stage2.grid_n), method=str(cfg.stage2.get("method", "FusionM4Net")))
     log_wandb(cfg, result)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from skinlesion.testing import TINY, four_epochs, run_record, started
+from skinlesion.testing import TINY, four_epochs, run_command, run_record, started
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 
@@ -310,3 +310,50 @@ def test_a_time_limit_without_requeues_left_is_recorded_as_timed_out(cases, requ
     assert "max_num_timeout" in (record.get("error") or "")
     assert len(record["attempts"]) == 1 and record["attempts"][0]["outcome"] == "timed_out"
     assert "Requeued job" not in case.logs()
+
+
+# --- one run directory, one process; DDP ranks a sweep starts itself inside an allocation --------------------------
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s"
+        time.sleep(1)
+
+
+def _queued(sweep: Path) -> list[str]:
+    jobs = {p.name.split("_")[0] for p in (sweep / ".submitit").glob("*") if p.name[0].isdigit()}
+    return [j for j in jobs if job_state(j) not in TERMINAL | {"GONE"}]
+
+
+def test_a_rerun_of_a_running_slurm_sweep_starts_no_second_process_in_its_run_directory(pad_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "train.py", "-m", *four_epochs(pad_root, tmp_path / "cache"), *SHORT, *SLURM, *UNLIMITED,
+           f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "first.log", "w") as log1, open(tmp_path / "second.log", "w") as log2:
+        with started(cmd, stdout=log1, stderr=subprocess.STDOUT, env=env):
+            _wait_for(lambda: (sweep / "0" / "run.json").is_file() and run_record(sweep / "0")["status"] == "running",
+                      300, "the first sweep's job running")
+            with started(cmd, stdout=log2, stderr=subprocess.STDOUT, env=env):   # the same command, meanwhile
+                _wait_for(lambda: len(list((sweep / ".submitit").rglob("*_submission.sh"))) >= 2, 120, "a 2nd job")
+                _wait_for(lambda: not _queued(sweep), 600, "both jobs ended")
+    record = run_record(sweep / "0")
+    assert record["status"] == "completed" and len(record["attempts"]) == 1
+    logs = "".join(p.read_text(errors="replace") for p in (sweep / ".submitit").rglob("*_log.*"))
+    assert "is in use by host" in logs and "not started here" in logs
+
+
+def test_a_local_gpus_ddp_sweep_inside_salloc_starts_its_own_ranks(pad_root, tmp_path):
+    """``salloc -n1`` gives the sweep SLURM's variables but no ``srun`` step: its DDP job starts its own two ranks."""
+    sweep = tmp_path / "sweep"
+    quick = [o for o in TINY if o != "trainer=cpu"]
+    cmd = ["salloc", "-n1", "-p", "debug", "-t", "10", sys.executable, "train.py", "-m", f"data.root={pad_root}",
+           *quick, "launcher=local_gpus", "gpu_pool=[]", "cpu_jobs=1", "trainer=ddp", "trainer.accelerator=cpu",
+           "trainer.devices=2", "trainer.sync_batchnorm=false", "trainer.precision=32-true",
+           f"paths.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"]
+    proc = run_command(cmd, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    record = run_record(sweep / "0")
+    assert record["status"] == "completed" and record["world_size"] == 2
+    ranks = re.findall(r"job .*: rank (\d+), pid \d+", (sweep / "0" / "train.log").read_text())
+    assert sorted(ranks) == ["0", "1"]
