@@ -38,23 +38,26 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class StepTimer(L.Callback):
-    """Wall time from the start of batch ``warmup`` to the end of the last batch."""
+    """Wall time from the start of training step ``warmup`` (counted across epochs) to the end of the last step,
+    and the steps and images in between: what the reported rate is made of."""
 
     def __init__(self, warmup: int):
-        self.warmup, self.t0, self.t1, self.images = warmup, None, None, 0
+        self.warmup, self.t0, self.t1, self.images, self.steps, self._seen = warmup, None, None, 0, 0, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.warmup:
+        if self._seen == self.warmup:
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self.t0 = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx >= self.warmup:
+        if self._seen >= self.warmup:
             self.images += batch["target"].shape[0]
+            self.steps += 1
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             self.t1 = time.perf_counter()
+        self._seen += 1
 
 
 def end_to_end(cfg, steps: int, warmup: int, t0: float) -> tuple[float, object, float]:
@@ -64,11 +67,14 @@ def end_to_end(cfg, steps: int, warmup: int, t0: float) -> tuple[float, object, 
     setup_s = time.perf_counter() - t0
     module = build_module(cfg, dm)
     timer = StepTimer(warmup)
+    # steps, not epochs: a small generated set has fewer batches per epoch than the steps asked for
     trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, precision=cfg.trainer.precision,
-                        max_epochs=1, limit_train_batches=steps + warmup, limit_val_batches=0, logger=False,
+                        max_epochs=-1, max_steps=steps + warmup, limit_val_batches=0, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         callbacks=[timer], num_sanity_val_steps=0)
     trainer.fit(module, train_dataloaders=dm.train_dataloader())
+    if timer.steps != steps:
+        raise SystemExit(f"timed {timer.steps} steps, not the {steps} asked for")
     return timer.images / (timer.t1 - timer.t0), dm, setup_s
 
 
@@ -137,6 +143,7 @@ def main() -> None:
     print(f"config: backbone={cfg.backbone.name} image_size={cfg.data.image_size} batch={cfg.data.batch_size} "
           f"workers={cfg.data.num_workers} precision={cfg.trainer.precision} "
           f"device={'cuda:' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}")
+    print(f"timed: {args.steps} steps of each path after {args.warmup} untimed (epochs restart as needed)")
     print(f"raw step (in memory)              : {raw:10.1f} images/s")
     for pipeline, (rate, setup_s) in results.items():
         print(f"end-to-end, data.augment_on={pipeline:<6} : {rate:10.1f} images/s   ratio {rate / raw:6.3f}   "

@@ -103,18 +103,44 @@ class MultiTaskModule(L.LightningModule):
     def training_step(self, batch, batch_idx):
         out = self.network(batch)
         loss, parts = self.loss(out["logits"], batch["target"])
-        # Stop at the step that diverges rather than after a wasted epoch (one host sync per step). Under DDP
-        # every rank takes the same decision, so no rank is left waiting in the gradient all-reduce.
-        finite = bool(torch.isfinite(loss.detach()))
-        if self.trainer.world_size > 1:
-            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
-            raise LossDiverged(self.current_epoch, self.global_step, float(loss.detach()))
+        self._watch_loss(loss, batch_idx)
         bs = batch["target"].shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs)
         for b, v in parts.items():
             self.log(f"train/loss_{b}", v, on_step=False, on_epoch=True, batch_size=bs)
         return loss
+
+    # A non-finite loss stops the run, naming the first step that diverged. On the CPU every step is checked (it
+    # costs nothing); on an accelerator the check stays on the device and the host reads it every
+    # `divergence_check_every` steps and at the epoch's end, so no step waits for the device. Under DDP every rank
+    # reads it at the same steps and takes the same decision, so no rank is left waiting in an all-reduce.
+    divergence_check_every: int | None = None   # None: 1 on the CPU, 50 on an accelerator
+
+    def _watch_loss(self, loss: torch.Tensor, batch_idx: int) -> None:
+        loss = loss.detach()
+        if getattr(self, "_first_bad", None) is None or self._first_bad.device != loss.device:
+            self._first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._bad_value = torch.zeros((), device=loss.device)
+        newly = ~torch.isfinite(loss) & (self._first_bad < 0)
+        self._first_bad = torch.where(newly, torch.full_like(self._first_bad, self.global_step), self._first_bad)
+        self._bad_value = torch.where(newly, loss.float(), self._bad_value)
+        every = self.divergence_check_every or (1 if loss.device.type == "cpu" else 50)
+        if (batch_idx + 1) % every == 0:
+            self._check_divergence()
+
+    def _check_divergence(self) -> None:
+        first = getattr(self, "_first_bad", None)
+        if first is None:
+            return
+        diverged = bool(first >= 0)   # the one host sync, every few steps
+        if self.trainer.world_size > 1:
+            diverged = self.trainer.strategy.reduce_boolean_decision(diverged, all=False)
+        if diverged:
+            step = int(first) if int(first) >= 0 else self.global_step   # another rank's divergence: here, now
+            raise LossDiverged(self.current_epoch, step, float(self._bad_value))
+
+    def on_train_epoch_end(self) -> None:
+        self._check_divergence()
 
     # --- evaluation: per-epoch validation (identity view) and final TTA passes ------------------------
     def tta_outputs(self, batch) -> tuple[dict, dict, torch.Tensor]:

@@ -21,7 +21,8 @@ Input convention (one case = one row of the output):
 The output has ``case_id``, ``inputs`` (what the row was predicted from, e.g. ``clinic+meta``), the
 ``prob/<output>/<task>/<class>`` columns of every branch of the network and of the run's reported output (for
 chapter-5/6 runs the searched weighting, with the run's saved weights), named and ordered as the run's
-``predictions/*.parquet``, then ``missing`` and ``notes``.
+``predictions/*.parquet``, then ``pred/<task>`` (the reported output's class code), ``missing`` and ``notes``; one
+row per case, in the order of the metadata file (or of the image files).
 
 A case that lacks an input (a metadata column absent, or in a row an empty field the training split never left
 empty; an image not there) is predicted from the branches that do not need it (the reported column is then the mean
@@ -132,6 +133,11 @@ class Predictor:
     @property
     def branch_inputs(self) -> dict[str, list[str]]:
         return self.payload["branch_inputs"]
+
+    @property
+    def reads(self) -> set[str]:
+        """The inputs some branch of the network reads: only these can be missing."""
+        return {x for need in self.branch_inputs.values() for x in need}
 
 
 def _resolve_checkpoint(path: Path, which: str = "best") -> tuple[Path, Path | None]:
@@ -358,6 +364,11 @@ def cases_from_root(pred: Predictor, root: str | Path, split: str | None = None)
     files = [f for d in dirs if d.is_dir() for f in _collect_images([d], allow_empty=True)] \
         if pred.payload["image_keys"] else []
     csv = root / meta_rel
+    if not csv.is_file():
+        other = next((d for d, (rel, _) in ROOT_LAYOUT.items() if d != dataset and (root / rel).is_file()), None)
+        if other is not None:
+            raise DataError(f"--root {root} is a {other} folder ({ROOT_LAYOUT[other][0]}); the run's model was trained "
+                            f"on {dataset}, whose folders hold {meta_rel}")
     if csv.is_file():
         cases = _cases_from_csv(pred, csv, files, " or ".join(str(d) for d in dirs))
     elif dataset == "derm7pt":
@@ -408,7 +419,7 @@ def _select_split(pred: Predictor, cases: _Cases, root: Path, split: str) -> _Ca
 def _subset(cases: _Cases, rows: list[int]) -> _Cases:
     return _Cases([cases.ids[i] for i in rows], [cases.lines[i] for i in rows],
                   {k: [v[i] for i in rows] for k, v in cases.images.items()},
-                  None if cases.frame is None else cases.frame.iloc[rows].reset_index(drop=True), cases.source,
+                  None if cases.frame is None else cases.frame.iloc[rows], cases.source,   # index = CSV row
                   [cases.missing[i] for i in rows], [cases.notes[i] for i in rows])
 
 
@@ -420,6 +431,8 @@ def _encode_metadata(pred: Predictor, cases: _Cases) -> np.ndarray:
     n = len(cases.ids)
     if vec is None:
         return np.zeros((n, 0), dtype=np.float32)
+    if META_INPUT not in pred.reads:   # the dataset has metadata, the network reads none: nothing can be missing
+        return np.zeros((n, vec.dim), dtype=np.float32)
     if cases.frame is None:
         for m in cases.missing:
             m[META_INPUT] = "no --metadata"
@@ -511,7 +524,8 @@ def _autocast(precision, device: str):
     return contextlib.nullcontext()
 
 
-def _branch_outputs(pred: Predictor, data: _CaseDataset, device: str, batch_size: int, tta) -> tuple[dict, dict]:
+def _branch_outputs(pred: Predictor, data: _CaseDataset, device: str, batch_size: int, tta,
+                    workers: int = 0) -> tuple[dict, dict]:
     """Per branch and task, the TTA-averaged probabilities and logits of every case (module.tta_outputs)."""
     import torch
     from torch.utils.data import DataLoader
@@ -524,7 +538,9 @@ def _branch_outputs(pred: Predictor, data: _CaseDataset, device: str, batch_size
     probs: dict = {}
     logits: dict = {}
     with torch.inference_mode(), _autocast(precision, device):
-        for batch in DataLoader(data, batch_size=batch_size, shuffle=False):
+        loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers,
+                            pin_memory=device.startswith("cuda"))
+        for batch in loader:
             batch = module.transfer_batch_to_device(batch, torch.device(device), 0)
             batch = module.on_after_batch_transfer(batch, 0)
             p, z, _ = module.tta_outputs(batch)
@@ -539,7 +555,7 @@ def _branch_outputs(pred: Predictor, data: _CaseDataset, device: str, batch_size
 def predict(checkpoint: str | Path | Predictor, images: Sequence[str | Path] = (), metadata: str | Path | None = None,
             root: str | Path | None = None, split: str | None = None, tta: str | None = None,
             device: str | None = None, batch_size: int = 32, which: str = "best",
-            skip_unusable: bool = False) -> pd.DataFrame:
+            skip_unusable: bool = False, num_workers: int = 0) -> pd.DataFrame:
     """One row per case: ``case_id``, ``inputs`` (what the row was predicted from), ``prob/<output>/<task>/<class>``
     for every branch of the network (empty where the branch needs an input the case lacks) and for the run's
     reported output (the searched weighting of chapter-5/6 runs), with the saved predictions' names and class
@@ -549,6 +565,9 @@ def predict(checkpoint: str | Path | Predictor, images: Sequence[str | Path] = (
     cases that no output can predict instead of stopping (their number is ``frame.attrs["skipped"]``)."""
     import torch
 
+    if int(batch_size) < 1 or int(num_workers) < 0:
+        raise ConfigError(f"batch_size={batch_size}, num_workers={num_workers}: expected batch_size >= 1 and "
+                          "num_workers >= 0")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
@@ -578,7 +597,7 @@ def predict(checkpoint: str | Path | Predictor, images: Sequence[str | Path] = (
     if skipped:
         cases, meta, plan = _subset(cases, keep), meta[keep], [plan[i] for i in keep]
     _check_images(cases)
-    probs, logits = _branch_outputs(pred, _CaseDataset(pred, cases, meta), device, batch_size, tta)
+    probs, logits = _branch_outputs(pred, _CaseDataset(pred, cases, meta), device, batch_size, tta, num_workers)
     frame = _frame(pred, cases, plan, probs, logits)
     frame.attrs["skipped"] = skipped
     return frame
@@ -588,6 +607,9 @@ def _plan(pred: Predictor, cases: _Cases, skip_unusable: bool = False) -> list[l
     """Per case, the branches to combine (None: all inputs present, the reported output; []: none can predict it,
     kept only with ``skip_unusable``); fails for a case that no branch can predict."""
     inputs = pred.branch_inputs
+    for m in cases.missing:   # an input no branch reads is not missing for this model
+        for key in [k for k in m if k not in pred.reads]:
+            del m[key]
 
     def usable(miss: dict) -> list[str]:
         return [b for b, need in inputs.items() if not set(need) & set(miss)]
@@ -601,10 +623,9 @@ def _plan(pred: Predictor, cases: _Cases, skip_unusable: bool = False) -> list[l
         what = "; ".join(f"{k}: {why}" for k, why in cases.missing[i].items())
         fields = (f" (metadata fields {pred.vectorizer.field_names})"
                   if META_INPUT in cases.missing[i] and pred.vectorizer is not None else "")
-        raise DataError(f"{where}: missing input ({what}); every output of this model needs "
-                        f"{sorted({x for need in inputs.values() for x in need})}{fields} (branches: "
-                        f"{ {b: list(need) for b, need in inputs.items()} }); {len(bad)} case(s) affected "
-                        "(--skip-unusable leaves them out)")
+        needs = "; ".join(f"{b} needs {'+'.join(need)}" for b, need in inputs.items())
+        raise DataError(f"{where}: missing input ({what}); no output of this model can do without it ({needs})"
+                        f"{fields}; {len(bad)} case(s) affected (--skip-unusable leaves them out)")
     return plan
 
 
@@ -645,12 +666,20 @@ def _frame(pred: Predictor, cases: _Cases, plan, probs: dict, logits: dict) -> p
         for t, cls in tasks.items():
             for j, c in enumerate(cls):
                 cols[f"prob/{pred.output}/{t}/{c}"] = reported[t][:, j]
+    for t, cls in tasks.items():   # the reported output's class (its arg-max), by the dataset's class code
+        cols[f"pred/{t}"] = [cls[j] for j in reported[t].argmax(axis=1)] if n else []
     cols["missing"] = ["; ".join(f"{k} ({why})" for k, why in m.items()) for m in cases.missing]
     cols["notes"] = ["; ".join(x) for x in cases.notes]
     return pd.DataFrame(cols)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
+def check_out(out: str | Path | None) -> None:
+    """``--out`` names a format this writes (checked before any work)."""
+    if out is not None and Path(out).suffix not in (".csv", ".parquet"):
+        raise ConfigError(f"--out {out}: expected a .csv or .parquet file name")
+
+
 def write(frame: pd.DataFrame, out: str | Path | None) -> None:
     """``.csv`` or ``.parquet`` by suffix; None: CSV on standard output."""
     if out is None:
@@ -658,13 +687,28 @@ def write(frame: pd.DataFrame, out: str | Path | None) -> None:
         return
     from skinlesion.provenance import write_csv, write_parquet
 
+    check_out(out)
     out = Path(out)
-    if out.suffix == ".parquet":
-        write_parquet(out, frame)
-    elif out.suffix == ".csv":
-        write_csv(out, frame)
-    else:
-        raise ConfigError(f"--out {out}: expected a .csv or .parquet file name")
+    (write_parquet if out.suffix == ".parquet" else write_csv)(out, frame)
+
+
+def class_counts(frame: pd.DataFrame) -> list[str]:
+    """One line per task: how many cases each class was predicted for (the ``pred/<task>`` columns)."""
+    return [f"{c.removeprefix('pred/')}: " + ", ".join(f"{k} {v}" for k, v in frame[c].value_counts().items())
+            for c in frame.columns if c.startswith("pred/")]
+
+
+def _count(least: int):
+    """An argparse type: a whole number >= ``least``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = least - 1
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}")
+        return value
+    return parse
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -692,13 +736,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--tta", choices=("none", "flips", "six"), default=None,
                     help="test-time views (default: the run's own)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=_count(1), default=32)
+    ap.add_argument("--num-workers", type=_count(0), default=default_workers(),
+                    help="image loading processes (default: one per core, at most 8)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
+        check_out(args.out)
         frame = predict(args.run, args.images, args.metadata, root=args.root, split=args.split, tta=args.tta,
                         device=args.device, batch_size=args.batch_size, which=args.checkpoint,
-                        skip_unusable=args.skip_unusable)
+                        skip_unusable=args.skip_unusable, num_workers=args.num_workers)
         write(frame, args.out)
     except SkinLesionError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -708,7 +755,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{len(frame)} case(s) -> {args.out or 'standard output'}"
           + (f"; {fallback} predicted with an input missing (see 'inputs' and 'missing')" if fallback else "")
           + (f"; {skipped} skipped: no output can predict them" if skipped else ""), file=sys.stderr)
+    for line in class_counts(frame):
+        print(f"predicted {line}", file=sys.stderr)
     return 0
+
+
+def default_workers() -> int:
+    import os
+
+    return min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 if __name__ == "__main__":

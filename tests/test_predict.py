@@ -185,6 +185,23 @@ def test_two_image_predictions_equal_the_saved_ones_with_the_searched_weights(tw
             np.testing.assert_allclose(_probs(frame, b, t), branch_probs(saved, b)[t], atol=1e-5)
 
 
+def test_a_field_the_network_never_reads_changes_nothing(two_run, derm7pt_root, tmp_path):
+    """The two-image network reads no metadata: a CSV without the `sex` column and with an empty `location` cell
+    is no missing input; every case gets the run's searched weighting, as saved."""
+    rows = pd.read_csv(derm7pt_root / "meta" / "test_indexes.csv")["indexes"]
+
+    def no_sex(df):
+        df.loc[int(rows.iloc[0]), "location"] = None
+        return df.drop(columns=["sex"])
+
+    root = _layout_copy(derm7pt_root, tmp_path / "d7", "meta/meta.csv", no_sex)
+    frame = predict(two_run, root=root, split="test", device="cpu")
+    assert (frame["missing"] == "").all() and (frame["inputs"] == "clinic+derm").all()
+    searched = combine(_saved(two_run), json.loads((two_run / "metrics.json").read_text())["search"]["weights"])
+    for t in (t.name for t in DERM7PT_TASKS):
+        assert np.abs(_probs(frame, "searched", t) - searched[t]).max() < 1e-6
+
+
 def test_two_image_case_without_its_clinical_image_is_predicted_by_the_derm_head(two_run, derm7pt_root, tmp_path):
     rows = pd.read_csv(derm7pt_root / "meta" / "test_indexes.csv")["indexes"]
     first = int(rows.iloc[0])
@@ -219,8 +236,8 @@ def test_jif_without_its_metadata_columns_predicts_from_the_image_branch(jif_run
     from skinlesion.predict import main   # the command's summary counts the rows that did without an input
     out = tmp_path / "pred.csv"
     assert main([str(jif_run), "--root", str(root), "--split", "test", "--out", str(out), "--device", "cpu"]) == 0
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"{len(frame)} case(s) -> {out}; {len(frame)} predicted with an input missing (see 'inputs' and 'missing')")
+    assert (f"{len(frame)} case(s) -> {out}; {len(frame)} predicted with an input missing (see 'inputs' and "
+            "'missing')") in capsys.readouterr().err.strip().splitlines()
 
 
 def test_an_empty_field_is_missing_only_where_training_never_left_it_empty(jif_run, pad_root, tmp_path):
@@ -241,7 +258,8 @@ def test_jf_without_metadata_and_cases_without_any_input_end_in_one_line(jf_run,
     from skinlesion.predict import main as predict_main
 
     root = _layout_copy(pad_root, tmp_path / "pad", "metadata.csv", lambda df: df.drop(columns=["age"]))
-    with pytest.raises(DataError, match=r"metadata\.csv, line 2 .*no column \['age'\].*needs \['clinic', 'meta'\]"):
+    with pytest.raises(DataError, match=r"metadata\.csv, line 2 .*no column \['age'\].*no output of this model can "
+                                        r"do without it \(fusion needs clinic\+meta\)"):
         predict(jf_run, root=root, device="cpu")
     assert predict_main([str(jf_run), "--root", str(root), "--out", str(tmp_path / "jf.csv")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
@@ -259,7 +277,7 @@ def test_jf_without_metadata_and_cases_without_any_input_end_in_one_line(jf_run,
     out = tmp_path / "skipped.csv"
     args = [str(jif_run), "--root", str(root2), "--tta", "none", "--skip-unusable", "--out", str(out)]
     assert predict_main(args) == 0
-    assert capsys.readouterr().err.strip().endswith("2 skipped: no output can predict them")
+    assert capsys.readouterr().err.strip().splitlines()[0].endswith("2 skipped: no output can predict them")
     assert len(pd.read_csv(out)) == len(pd.read_csv(root2 / "metadata.csv")) - 2
 
 
@@ -321,9 +339,58 @@ def test_cli_predicts_the_test_split_into_a_file_and_load_run_gives_the_same_fra
     done = python("predict.py", jif_run, "--root", pad_root, "--split", "test", "--out", out, "--device", "cpu",
                   timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stderr.strip().splitlines()[-1] == f"{len(_saved(jif_run))} case(s) -> {out}"
     frame = pd.read_parquet(out)
+    lines = done.stderr.strip().splitlines()
+    assert f"{len(_saved(jif_run))} case(s) -> {out}" in lines
+    counts = frame["pred/diagnostic"].value_counts()
+    assert lines[-1] == "predicted diagnostic: " + ", ".join(f"{k} {v}" for k, v in counts.items())
     np.testing.assert_allclose(_probs(frame, "all", "diagnostic"), combine(_saved(jif_run), "all")["diagnostic"],
                                atol=1e-5)
     same = load_run(jif_run).predict(root=pad_root, split="test")
     pd.testing.assert_frame_equal(same.reset_index(drop=True), frame, check_dtype=False)
+
+
+def test_the_predicted_class_is_the_reported_outputs_arg_max(two_run, derm7pt_root):
+    frame = predict(two_run, root=derm7pt_root, split="test", device="cpu")
+    for task in DERM7PT_TASKS:
+        cols = [c for c in frame.columns if c.startswith(f"prob/searched/{task.name}/")]
+        expected = [c.rsplit("/", 1)[1] for c in frame[cols].idxmax(axis=1)]
+        assert list(frame[f"pred/{task.name}"]) == expected and set(expected) <= set(task.classes)
+
+
+def test_with_split_an_error_names_the_csv_line_of_the_case(jif_run, pad_root, tmp_path):
+    """--split keeps a subset of the CSV's rows; an error still names the row's own line in the file."""
+    folds = pd.read_csv(jif_run / "folds.csv", dtype={"case_id": str})
+    test_ids = set(folds.loc[folds["partition"] == "test", "case_id"])
+    df = pd.read_csv(pad_root / "metadata.csv")
+    row = int(next(i for i, v in enumerate(df["img_id"].astype(str)) if v in test_ids and i > 3))
+
+    def bad_age(frame):
+        frame["age"] = frame["age"].astype(object)
+        frame.loc[row, "age"] = "forty"
+        return frame
+
+    root = _layout_copy(pad_root, tmp_path / "pad", "metadata.csv", bad_age)
+    with pytest.raises(DataError, match=rf"metadata\.csv, line {row + 2}, column 'age'"):
+        predict(jif_run, root=root, split="test", device="cpu")
+
+
+def test_a_folder_of_another_dataset_is_refused_naming_both(jif_run, derm7pt_root):
+    with pytest.raises(DataError, match=r"is a derm7pt folder \(meta/meta\.csv\); the run's model was trained on "
+                                        r"pad_ufes, whose folders hold metadata\.csv"):
+        predict(jif_run, root=derm7pt_root, device="cpu")
+
+
+@pytest.mark.parametrize("args,said", [(["--out", "x.xlsx"], "--out x.xlsx: expected a .csv or .parquet file name"),
+                                       (["--batch-size", "0"], "argument --batch-size: expected a whole number >= 1"),
+                                       (["--num-workers", "-1"], "argument --num-workers: expected a whole number >= 0")])
+def test_bad_options_are_refused_before_any_work_in_one_line(jif_run, pad_root, args, said, capsys, monkeypatch):
+    import skinlesion.predict as module
+
+    monkeypatch.setattr(module, "load_predictor", lambda *a, **k: pytest.fail("the model was loaded"))
+    try:
+        code = module.main([str(jif_run), "--root", str(pad_root), *args])
+    except SystemExit as e:   # argparse's own exit for a bad option value
+        code = e.code
+    err = capsys.readouterr().err
+    assert code in (1, 2) and said in err and "Traceback" not in err

@@ -123,3 +123,24 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask   # usual permissions, not the temp file's 0600
+
+
+def test_a_divergence_checked_every_few_steps_still_stops_the_run_and_names_its_step(pad_root, tmp_path, monkeypatch):
+    """On an accelerator the loss check stays on the device and is read every few steps (no sync per step); the run
+    still stops, naming the step whose loss was NaN, not the step that read it."""
+    from skinlesion.module import MultiTaskModule
+
+    monkeypatch.setattr(MultiTaskModule, "divergence_check_every", 3)
+    original = MultiTaskModule.loss
+
+    def nan_at_step_1(self, logits, target):
+        total, parts = original(self, logits, target)
+        return (total * float("nan") if self.global_step == 1 else total), parts
+
+    monkeypatch.setattr(MultiTaskModule, "loss", nan_at_step_1)
+    with pytest.raises(SystemExit, match=r"^error: loss diverged at epoch 0, step 1 \(loss=nan\)"):
+        train([*META, f"data.root={pad_root}", "trainer.max_epochs=2", "trainer.limit_train_batches=6"],
+              tmp_path / "run")
+    rec = run_record(tmp_path / "run")
+    assert rec["status"] == "failed" and rec["failed_at"] == {"epoch": 0, "step": 1}
+    assert not (tmp_path / "run" / "predictions").exists()
