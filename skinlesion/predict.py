@@ -205,6 +205,11 @@ def load_predictor(checkpoint: str | Path, device: str = "cpu", which: str = "be
         notes.append(f"the run reports a searched weighting of its branches, which lives in its metrics.json, not "
                      f"in the checkpoint; predicting its '{payload['report']}' output (pass the run directory to "
                      f"use the searched weights)")
+    elif weights is None and payload.get("search") and (run_dir / "metrics.json").is_file():
+        evaluated = json.loads((run_dir / "metrics.json").read_text()).get("evaluated_checkpoint") or "?"
+        notes.append(f"the run's searched branch weights were found for {Path(evaluated).name}, not for "
+                     f"{ckpt.name}: they do not carry over to other weights, so this predicts {ckpt.name}'s "
+                     f"'{payload['report']}' output (--checkpoint best gives the searched output)")
     return Predictor(module, payload, ckpt, vec, "searched" if weights else payload["report"], weights, notes,
                      run_dir)
 
@@ -565,6 +570,14 @@ def predict(checkpoint: str | Path | Predictor, images: Sequence[str | Path] = (
     cases that no output can predict instead of stopping (their number is ``frame.attrs["skipped"]``)."""
     import torch
 
+    from skinlesion.fusionm4net.predict import is_fusionm4net_run
+
+    if not isinstance(checkpoint, Predictor) and is_fusionm4net_run(checkpoint):
+        if root is None or images or metadata is not None:
+            raise ConfigError(f"{checkpoint}: a FusionM4Net run predicts the cases of a derm7pt folder: pass --root")
+        from skinlesion.fusionm4net.predict import predict as predict_fusionm4net
+        return predict_fusionm4net(checkpoint, root, split, tta=tta, device=device, batch_size=batch_size,
+                                   skip_unusable=skip_unusable, num_workers=num_workers)
     if int(batch_size) < 1 or int(num_workers) < 0:
         raise ConfigError(f"batch_size={batch_size}, num_workers={num_workers}: expected batch_size >= 1 and "
                           "num_workers >= 0")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -165,3 +166,20 @@ def test_the_sub_models_training_loader_yields_exactly_the_first_half_of_the_ind
         assert sorted(seen) == sorted(rows[: len(rows) // 2].tolist())
     holdout = pd.read_csv(derm7pt_root / "meta" / "meta.csv").iloc[rows[len(rows) // 2:]]
     assert len(dm.datasets["holdout"]) == len(holdout)
+
+
+def test_a_fusionm4net_run_predicts_its_saved_p1_p2_p3(fusionm4net_run, derm7pt_root):
+    """predict.py on the pipeline's run directory: stage 1 on the images, Scheme 1's weights, stage 2's classifier
+    (refitted from what it saved) and w give the run's own test predictions."""
+    from skinlesion.predict import predict
+
+    out, _ = fusionm4net_run
+    frame = predict(out, root=derm7pt_root, split="test", device="cpu")
+    saved = pd.read_parquet(out / "predictions" / "test.parquet")
+    assert list(frame["case_id"]) == list(saved["case_id"].astype(str))
+    assert (frame["inputs"] == "clinic+derm+meta").all() and (frame["missing"] == "").all()
+    for b in ("p1", "p2", "p3", "p3_avg"):
+        cols = [c for c in saved.columns if c.startswith(f"prob/{b}/")]
+        assert np.abs(frame[cols].to_numpy(float) - saved[cols].to_numpy(float)).max() < 1e-5, b
+    p3 = [c for c in saved.columns if c.startswith("prob/p3/DIAG/")]
+    assert list(frame["pred/DIAG"]) == [c.rsplit("/", 1)[1] for c in saved[p3].idxmax(axis=1)]

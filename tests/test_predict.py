@@ -394,3 +394,12 @@ def test_bad_options_are_refused_before_any_work_in_one_line(jif_run, pad_root, 
         code = e.code
     err = capsys.readouterr().err
     assert code in (1, 2) and said in err and "Traceback" not in err
+
+
+def test_checkpoint_last_of_a_searched_run_says_why_it_reports_another_output(two_run, derm7pt_root, caplog):
+    with caplog.at_level("WARNING", logger="skinlesion.predict"):
+        frame = predict(two_run, root=derm7pt_root, split="test", device="cpu", which="last")
+    said = [r.getMessage() for r in caplog.records if "searched branch weights were found for" in r.getMessage()]
+    assert len(said) == 1 and "swa.ckpt, not for last.ckpt" in said[0] and "\n" not in said[0]
+    assert not [c for c in frame.columns if c.startswith("prob/searched/")]
+    assert [c for c in frame.columns if c.startswith("prob/fusion/")]

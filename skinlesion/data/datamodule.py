@@ -300,7 +300,7 @@ class SkinLesionDataModule(L.LightningDataModule):
     def _build_cache(self) -> dict[Path, Path] | None:
         if not self.cache_cfg.get("enabled", False) or not self.input_keys:
             return None
-        cache = ImageCache(self.cache_cfg["dir"], int(self.cache_cfg.get("size", 256)))
+        cache = ImageCache(self.cache_cfg["dir"], int(self.cache_cfg.get("size", 256)), root=self.root)
         sources = [p for k in self.input_keys for p in self.table.images[k]]
         return cache.build(sources, workers=max(1, self.num_workers), progress=self.progress)
 
@@ -322,7 +322,7 @@ class SkinLesionDataModule(L.LightningDataModule):
         # with data.cache.enabled the CPU path resizes the cached copies: so does the store (identical inputs)
         cached = self._build_cache() or {}
         directory = self.cache_cfg.get("dir") or os.environ.get("SKINLESION_CACHE") or ".cache/images"
-        store = ImageStore(directory, self.image_size)
+        store = ImageStore(directory, self.image_size, root=self.root)
         rows = store.build([cached.get(s, s) for s in sources], [where[s] for s in sources],
                            workers=min(32, os.cpu_count() or 1), progress=self.progress)
         row_of = dict(zip(sources, rows.tolist()))

@@ -58,11 +58,20 @@ def check_images(paths: list[Path], workers: int = 8, progress: bool = True) -> 
         return list(tqdm(it, total=len(paths), desc="checking images", disable=not progress))
 
 
-def source_key(src: Path) -> str:
-    """Identity of a source file's contents: resolved path, size and modification time (a changed file gets a new
-    key), shared by the pre-resized cache and the image store."""
+def source_key(src: Path, root: Path | None = None) -> str:
+    """Identity of a source file's contents, shared by the pre-resized cache and the image store: its path, size
+    and modification time (a changed file gets a new key). The path is relative to the dataset's ``root`` when the
+    file lies under it, prefixed with the root's name, so a dataset moved or staged to another folder (copies that
+    keep modification times: ``cp -p``, ``rsync -a``) keeps its keys instead of being stored again."""
     st = src.stat()
-    return f"{src.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    name = str(src.resolve())
+    if root is not None:
+        root = Path(root).resolve()
+        try:
+            name = f"{root.name}/{src.resolve().relative_to(root).as_posix()}"
+        except ValueError:   # outside the dataset (a cached copy): its own path
+            pass
+    return f"{name}|{st.st_size}|{st.st_mtime_ns}"
 
 
 class ImageCache:
@@ -72,12 +81,12 @@ class ImageCache:
     faster. A changed source file (new mtime or size) gets a new key, so stale copies are never read.
     """
 
-    def __init__(self, directory: str | os.PathLike, size: int = 256):
+    def __init__(self, directory: str | os.PathLike, size: int = 256, root: str | os.PathLike | None = None):
         self.dir = Path(directory).expanduser() / f"{size}px"
-        self.size = size
+        self.size, self.root = size, root
 
     def key(self, src: Path) -> Path:
-        digest = hashlib.sha1(f"{source_key(src)}|{self.size}".encode()).hexdigest()
+        digest = hashlib.sha1(f"{source_key(src, self.root)}|{self.size}".encode()).hexdigest()
         return self.dir / digest[:2] / f"{digest[2:20]}.png"
 
     def _build_one(self, src: Path) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,22 +40,29 @@ class ImageStore:
 
     CHUNK = 64
 
-    def __init__(self, directory: str | os.PathLike, size: int):
+    def __init__(self, directory: str | os.PathLike, size: int, root: str | os.PathLike | None = None):
         if size < 2:
             raise ValueError(f"image store: size must be >= 2, got {size}")
         self.dir = Path(directory).expanduser() / "store" / f"{size}px"
-        self.size = size
+        self.size, self.root = size, root
         self.row_bytes = 3 * size * size
 
     @property
     def data(self) -> Path:
-        return self.dir / "images.u8"
+        """The data file the index names (``compact`` writes a new one; before any, ``images.u8``)."""
+        try:
+            return self.dir / json.loads(self.index_path.read_text()).get("data", "images.u8")
+        except (OSError, ValueError):
+            return self.dir / "images.u8"
 
     @property
     def index_path(self) -> Path:
         return self.dir / "index.json"
 
-    key = staticmethod(source_key)
+    def key(self, src: Path) -> str:
+        """A source's key (:func:`source_key`): relative to the dataset root, so a moved dataset is not stored
+        again."""
+        return source_key(src, self.root)
 
     def _rows_on_disk(self) -> int:
         return self.data.stat().st_size // self.row_bytes if self.data.is_file() else 0
@@ -114,9 +122,35 @@ class ImageStore:
                      len(sources) - len(todo), self.data, self.data.stat().st_size / 1e9)
         return np.array([index[k] for k in keys], dtype=np.int64)
 
-    def _write_index(self, index: dict[str, int]) -> None:
+    def compact(self, roots: Sequence[str | os.PathLike] = ()) -> tuple[int, int]:
+        """Reclaim rows no index entry needs: entries whose source is gone or changed (another size or modification
+        time — the new version has its own row) are dropped, and the remaining rows are copied to a new data file;
+        replacing the index, which names its data file, is the one step that switches to it, so a kill at any
+        moment leaves a consistent store. A key relative to a dataset root is checked under the root of that name
+        in ``roots``; keys of roots not given are kept. Returns (rows kept, bytes freed)."""
+        by_name = {Path(r).resolve().name: Path(r).resolve() for r in roots}
+        with hold(self.dir / "store.lock", f"image store lock of {self.dir}"):
+            index = self._read_index()
+            old = self.data
+            if not old.is_file():
+                return 0, 0
+            before = old.stat().st_size
+            order = sorted(((k, r) for k, r in index.items() if _current(k, by_name)), key=lambda kr: kr[1])
+            generation = int(old.stem.rpartition(".")[2]) + 1 if old.stem.rpartition(".")[2].isdigit() else 1
+            new = self.dir / f"images.{generation}.u8"
+            with open(old, "rb") as src, open(new, "wb") as dst:
+                for _, row in order:
+                    src.seek(row * self.row_bytes)
+                    dst.write(src.read(self.row_bytes))
+                dst.flush()
+                os.fsync(dst.fileno())
+            self._write_index({k: i for i, (k, _) in enumerate(order)}, data=new.name)
+            old.unlink()
+        return len(order), before - len(order) * self.row_bytes
+
+    def _write_index(self, index: dict[str, int], data: str | None = None) -> None:
         with atomic_path(self.index_path) as tmp:
-            tmp.write_text(json.dumps({"size": self.size, "rows": index}))
+            tmp.write_text(json.dumps({"size": self.size, "data": data or self.data.name, "rows": index}))
 
     def _decode(self, sources: list[Path], where: list[str], workers: int) -> np.ndarray:
         out = np.empty((len(sources), 3, self.size, self.size), dtype=np.uint8)
@@ -134,6 +168,43 @@ class ImageStore:
         """Every stored row as an (N, 3, S, S) array: memory-mapped (pages shared by all loader workers), or read
         into memory."""
         return open_store(self.data, self.size, in_memory)
+
+
+def _current(key: str, roots: dict[str, Path]) -> bool:
+    """Whether the source a store key names is still there, unchanged (True where that cannot be checked)."""
+    name, size, mtime = key.rsplit("|", 2)
+    if not Path(name).is_absolute():
+        top, _, rel = name.partition("/")
+        if top not in roots:
+            return True
+        path = roots[top] / rel
+    else:
+        path = Path(name)
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return str(st.st_size) == size and str(st.st_mtime_ns) == mtime
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m skinlesion.data.store compact DIR --size S [--root DATASET_ROOT ...]``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m skinlesion.data.store",
+                                 description="Reclaim the rows of an image store that no current source needs.")
+    ap.add_argument("command", choices=["compact"])
+    ap.add_argument("directory", help="the cache directory (data.cache.dir, default .cache/images)")
+    ap.add_argument("--size", type=int, required=True, help="the store's image size (data.image_size)")
+    ap.add_argument("--root", action="append", default=[], help="a dataset root whose entries are checked")
+    args = ap.parse_args(argv)
+    store = ImageStore(args.directory, args.size)
+    if not store.index_path.is_file():
+        print(f"error: {store.dir}: no image store there", file=sys.stderr)
+        return 1
+    kept, freed = store.compact(args.root)
+    print(f"{store.dir}: {kept} row(s) kept, {freed / 1e9:.2f} GB freed")
+    return 0
 
 
 def open_store(data: str | os.PathLike, size: int, in_memory: bool = False) -> np.ndarray:
@@ -226,3 +297,7 @@ class StoreDataset(Dataset):
                 item["aug"] = torch.from_numpy(draws[j])
             items.append(item)
         return items
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
