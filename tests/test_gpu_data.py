@@ -281,6 +281,24 @@ def test_the_warp_is_the_cpu_warp_given_the_same_parameters():
         assert diff.max() <= 1 and diff.mean() < 0.01
 
 
+@pytest.mark.parametrize("contrast,brightness", [(0.2, 0.2), (-0.2, -0.2), (0.13, -0.07), (-0.05, 0.19)])
+def test_brightness_contrast_on_the_device_is_the_cpu_result_pixel_for_pixel(contrast, brightness):
+    """Given the same contrast and brightness, the device's adjustment of a uint8 image is albumentations'
+    RandomBrightnessContrast on the CPU path, pixel for pixel (saturated pixels included)."""
+    size = 48
+    img = _smooth(size)
+    img[:4] = 255                                    # saturated rows: the clipping must agree too
+    img[-4:] = 0
+    cpu = A.RandomBrightnessContrast(brightness_limit=(brightness, brightness), contrast_limit=(contrast, contrast),
+                                     p=1.0)(image=img)["image"]
+    params = BatchAugment.given(size, [False], [False], [[0.0, 0.0]], [1.0], [0.0], [0],
+                                photo={"image": (torch.tensor([True]), torch.tensor([1.0 + contrast]),
+                                                 torch.tensor([brightness * 255.0]))})
+    ba = BatchAugment({"p": 1.0, "brightness_contrast": True}, ["image"])
+    got = ba.apply({"image": _chw(img)}, params)["image"][0].numpy().transpose(1, 2, 0)
+    assert got.dtype == np.uint8 and np.array_equal(got, cpu)
+
+
 def test_scale_is_one_factor_for_both_axes():
     ba, p = _gpu_draws(128, 500)
     lin = p.matrix[:, :2, :2]
