@@ -8,12 +8,15 @@ with a fallback to the previous good one.
 - :class:`FinishedTraining` records in every checkpoint whether early stopping had stopped training when it was
   written and makes a run resumed from such a checkpoint skip straight to its evaluation, as one resumed after its
   last epoch does, so that it evaluates what an uninterrupted run evaluates instead of training on.
-- :func:`resumable` picks the newest readable checkpoint of a run directory, ``last.ckpt`` first.
+- :func:`resumable` picks the newest readable checkpoint of a run directory, ``last.ckpt`` first; :func:`resolve`
+  names the one a finished run evaluated (or ``last``, ``swa``, a file), for ``load_run`` and prediction.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from skinlesion.errors import ConfigError
 from skinlesion.provenance import atomic_path
 
 log = logging.getLogger(__name__)
@@ -136,3 +140,34 @@ def remove_partial_files(directory: Path) -> None:
     ``.<target>.<random>.tmp``)."""
     for p in directory.glob(".*.tmp"):
         p.unlink(missing_ok=True)
+
+
+def resolve(run_dir: Path, which: str = "best") -> Path:
+    """``best``: the checkpoint the run evaluated (metrics.json), else the best-scored file name; ``last``;
+    ``swa`` (the averaged weights of the chapter-5 recipe); or a path."""
+    ckpts = run_dir / "checkpoints"
+    if which not in ("best", "last", "swa"):
+        path = Path(which)
+        if not path.is_file():
+            raise ConfigError(f"checkpoint {which!r}: no such file")
+        return path
+    if which in ("last", "swa"):
+        path = ckpts / f"{which}.ckpt"
+        if not path.is_file():
+            raise ConfigError(f"{run_dir}: no checkpoints/{which}.ckpt")
+        return path
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        saved = json.loads(metrics.read_text())
+        best = saved.get("evaluated_checkpoint") or saved.get("best_checkpoint")
+        # the recorded path is absolute at training time; the run directory may have moved since
+        if best and (ckpts / Path(best).name).is_file():
+            return ckpts / Path(best).name
+    scored = []
+    for p in ckpts.glob("*.ckpt"):
+        m = re.search(r"val(-?[0-9.]+|nan)\.ckpt$", p.name)
+        if m and m.group(1) != "nan":
+            scored.append((float(m.group(1).rstrip(".")), p))
+    if scored:
+        return max(scored, key=lambda sp: sp[0])[1]
+    raise ConfigError(f"{run_dir}: no best checkpoint found under checkpoints/")

@@ -15,6 +15,7 @@ from skinlesion.data.info import DataInfo
 from skinlesion.data.transforms import TTA_VIEWS, normalize_batch, tta_views
 from skinlesion.errors import ConfigError, SkinLesionError
 from skinlesion.evaluation.predictions import to_frame
+from skinlesion.payload import PAYLOAD_KEY
 
 
 class LossDiverged(SkinLesionError):
@@ -255,7 +256,7 @@ class MultiTaskModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.inference_payload is not None:
-            checkpoint["inference"] = self.inference_payload
+            checkpoint[PAYLOAD_KEY] = self.inference_payload
 
     # --- optimisation ----------------------------------------------------------------------------------
     def configure_optimizers(self):

@@ -48,69 +48,15 @@ import pandas as pd
 
 from skinlesion.data.info import META_INPUT
 from skinlesion.errors import ConfigError, DataError, SkinLesionError
+from skinlesion.payload import PAYLOAD_KEY, PAYLOAD_VERSION, inference_payload  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
-PAYLOAD_KEY = "inference"
-PAYLOAD_VERSION = 1
 # The dataset's own column naming each image of a case, and the case id column.
 IMAGE_ID_COLUMNS = {"pad_ufes": {"clinic": "img_id"}, "isic2019": {"derm": "image"},
                     "derm7pt": {"derm": "derm", "clinic": "clinic"}}
 CASE_ID_COLUMNS = {"pad_ufes": "img_id", "isic2019": "image", "derm7pt": "case_num"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-# ---------------------------------------------------------------------------------------------- payload
-def _vectorizer(dm):
-    """The run's fitted metadata vectorizer (None without metadata)."""
-    return dm.vectorizer if dm.info.meta_dim else None
-
-
-def _plain_config(cfg) -> dict:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        return OmegaConf.to_container(cfg, resolve=True)
-    except OmegaConfBaseException:
-        # e.g. ${hydra:...} paths outside a Hydra app; the model's own keys still resolve when the config is
-        # recreated from the saved (interpolated) values
-        return OmegaConf.to_container(cfg, resolve=False)
-
-
-def inference_payload(cfg, dm, module=None) -> dict:
-    """What predicting new cases needs besides the weights, as plain Python values (loadable with
-    ``torch.load(..., weights_only=True)``). ``dm`` is the run's set-up DataModule."""
-    saved = getattr(dm, "inference_payload", None)
-    if saved is not None:   # the stand-in DataModule of a model rebuilt from a checkpoint
-        return saved
-    from skinlesion.data.transforms import tta_views
-    from skinlesion.models import branch_inputs, required_inputs
-
-    info = dm.info
-    vec = _vectorizer(dm)
-    inputs = branch_inputs(cfg.model.net, info)
-    cache = dict(getattr(dm, "cache_cfg", None) or {})
-    image_keys = list(required_inputs(cfg.model.net, info))
-    return {
-        "version": PAYLOAD_VERSION,
-        "config": _plain_config(cfg),
-        "dataset": info.dataset,
-        "tasks": {t.name: list(t.classes) for t in info.tasks},
-        "image_keys": image_keys,                       # what the network reads, primary first
-        "dataset_image_keys": list(info.image_keys),
-        "meta_dim": int(info.meta_dim),
-        "image_size": int(dm.image_size),
-        "normalize": str(dm.normalize),
-        # evaluation read the run's pre-resized cache copies (PIL bilinear) when it had one
-        "pre_resize": int(cache.get("size", 256)) if cache.get("enabled") and image_keys else None,
-        "tta": list(module.tta if module is not None else tta_views(cfg.tta)),
-        "report": str(cfg.model.report),
-        "search": cfg.model.get("search"),
-        "branches": list(inputs),
-        "branch_inputs": {b: list(need) for b, need in inputs.items()},
-        "metadata": None if vec is None else vec.state_dict(),
-    }
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -143,12 +89,12 @@ class Predictor:
 def _resolve_checkpoint(path: Path, which: str = "best") -> tuple[Path, Path | None]:
     """(checkpoint file, its run directory or None). A directory is a run: its ``which`` checkpoint (``best``: the
     one its evaluation used, ``last``, ``swa``, or a file)."""
-    from skinlesion.run import _checkpoint
+    from skinlesion.checkpoints import resolve
 
     if path.is_dir():
         if not (path / "checkpoints").is_dir():
             raise ConfigError(f"{path}: not a run directory (no checkpoints/) and not a checkpoint file")
-        return _checkpoint(path, which), path
+        return resolve(path, which), path
     if not path.is_file():
         raise ConfigError(f"checkpoint {str(path)!r}: no such file or run directory")
     run_dir = path.parent.parent
@@ -174,8 +120,8 @@ def load_predictor(checkpoint: str | Path, device: str = "cpu", which: str = "be
     import skinlesion.config  # noqa: F401  (resolvers, in case the saved config still names one)
     from skinlesion.data.info import DataInfo
     from skinlesion.data.metadata import MetadataVectorizer
+    from skinlesion.build import build_module
     from skinlesion.data.tasks import Task
-    from skinlesion.train import build_module
 
     ckpt, run_dir = _resolve_checkpoint(Path(checkpoint), which)
     try:
@@ -219,11 +165,12 @@ def _payload_from_run(ckpt: Path, run_dir: Path | None) -> dict:
     if run_dir is None:
         raise ConfigError(f"{ckpt}: the checkpoint carries no inference payload (written by an older version); pass "
                           "the run directory it belongs to, with its dataset reachable, to rebuild it")
-    from skinlesion.run import Run
-    from skinlesion.train import build_module
+    from omegaconf import OmegaConf
 
-    run = Run(run_dir)
-    return build_module(run.cfg, run.datamodule(), pretrained=False).inference_payload
+    from skinlesion.build import build_module, prepare_data
+
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    return build_module(cfg, prepare_data(cfg), pretrained=False).inference_payload
 
 
 # ---------------------------------------------------------------------------------------------- cases

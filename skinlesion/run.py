@@ -13,44 +13,13 @@ views; the result has the columns of the saved ``predictions/*.parquet``.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from skinlesion.checkpoints import resolve
 from skinlesion.errors import ConfigError
-
-
-def _checkpoint(run_dir: Path, which: str) -> Path:
-    """``best``: the checkpoint the run evaluated (metrics.json), else the best-scored file name; ``last``;
-    ``swa`` (the averaged weights of the chapter-5 recipe); or a path."""
-    ckpts = run_dir / "checkpoints"
-    if which not in ("best", "last", "swa"):
-        path = Path(which)
-        if not path.is_file():
-            raise ConfigError(f"checkpoint {which!r}: no such file")
-        return path
-    if which in ("last", "swa"):
-        path = ckpts / f"{which}.ckpt"
-        if not path.is_file():
-            raise ConfigError(f"{run_dir}: no checkpoints/{which}.ckpt")
-        return path
-    metrics = run_dir / "metrics.json"
-    if metrics.is_file():
-        saved = json.loads(metrics.read_text())
-        best = saved.get("evaluated_checkpoint") or saved.get("best_checkpoint")
-        # the recorded path is absolute at training time; the run directory may have moved since
-        if best and (ckpts / Path(best).name).is_file():
-            return ckpts / Path(best).name
-    scored = []
-    for p in ckpts.glob("*.ckpt"):
-        m = re.search(r"val(-?[0-9.]+|nan)\.ckpt$", p.name)
-        if m and m.group(1) != "nan":
-            scored.append((float(m.group(1).rstrip(".")), p))
-    if scored:
-        return max(scored, key=lambda sp: sp[0])[1]
-    raise ConfigError(f"{run_dir}: no best checkpoint found under checkpoints/")
 
 
 class Run:
@@ -65,7 +34,7 @@ class Run:
         self.cfg: DictConfig = OmegaConf.load(self.dir / "config.yaml")
         if root is not None:
             self.cfg.data.root = str(root)
-        self.checkpoint = _checkpoint(self.dir, checkpoint)
+        self.checkpoint = resolve(self.dir, checkpoint)
         self._dm = None
         self._module = None
 
@@ -86,7 +55,7 @@ class Run:
     def datamodule(self):
         """The run's DataModule (same dataset, fold, split, metadata encoding), set up."""
         if self._dm is None:
-            from skinlesion.train import prepare_data
+            from skinlesion.build import prepare_data
             self._dm = prepare_data(self.cfg)
         return self._dm
 
@@ -96,7 +65,7 @@ class Run:
         if self._module is None:
             import torch
 
-            from skinlesion.train import build_module
+            from skinlesion.build import build_module
 
             module = build_module(self.cfg, self.datamodule(), pretrained=False)   # the checkpoint has the weights
             state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)["state_dict"]

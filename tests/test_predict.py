@@ -403,3 +403,12 @@ def test_checkpoint_last_of_a_searched_run_says_why_it_reports_another_output(tw
     assert len(said) == 1 and "swa.ckpt, not for last.ckpt" in said[0] and "\n" not in said[0]
     assert not [c for c in frame.columns if c.startswith("prob/searched/")]
     assert [c for c in frame.columns if c.startswith("prob/fusion/")]
+
+
+def test_prediction_imports_neither_training_nor_load_run():
+    """Prediction's rooms sit below training: the payload, the module's construction and checkpoint resolution have
+    owners of their own (skinlesion.payload, skinlesion.build, skinlesion.checkpoints)."""
+    code = ("import sys, skinlesion.predict, skinlesion.fusionm4net.predict; "
+            "print(sorted(m for m in ('skinlesion.train', 'skinlesion.run') if m in sys.modules))")
+    done = python("-c", code, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr[-2000:]
