@@ -64,8 +64,11 @@ def training_finished(checkpoint: dict, max_epochs: int | None) -> bool:
     """Whether training resumed from ``checkpoint`` has nothing left to do: early stopping had stopped it, or it
     has completed ``max_epochs`` epochs (the run's setting now, which may differ from the one it was written
     with)."""
-    done = max_epochs not in (None, -1) and epochs_processed(checkpoint) >= int(max_epochs)
-    return bool(checkpoint.get(STOPPED, False) or done)
+    return _finished(bool(checkpoint.get(STOPPED, False)), epochs_processed(checkpoint), max_epochs)
+
+
+def _finished(stopped: bool, processed: int, max_epochs: int | None) -> bool:
+    return stopped or (max_epochs not in (None, -1) and processed >= int(max_epochs))
 
 
 class FinishedTraining(Callback):
@@ -100,9 +103,7 @@ class Summary:
     stopped: bool       # early stopping had stopped training
 
     def finished(self, max_epochs: int | None) -> bool:
-        return training_finished({STOPPED: self.stopped, "epoch": self.epoch,
-                                  "loops": {"fit_loop": {"epoch_progress": {"current": {"processed": self.processed}}}}},
-                                 max_epochs)
+        return _finished(self.stopped, self.processed, max_epochs)
 
 
 def summary(path: Path) -> Summary:
