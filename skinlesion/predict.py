@@ -46,6 +46,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
+from skinlesion.data import derm7pt, isic2019, pad_ufes
 from skinlesion.data.info import META_INPUT
 from skinlesion.errors import ConfigError, DataError, SkinLesionError
 from skinlesion.payload import PAYLOAD_KEY, PAYLOAD_VERSION, inference_payload  # noqa: F401  (re-exported)
@@ -230,20 +231,13 @@ def _matcher(dataset: str, files: list[tuple[Path, str, bool]]):
     return match
 
 
-def _read_metadata(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(f"--metadata {path}: no such file")
-    try:
-        return pd.read_csv(path)
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as e:
-        raise DataError(f"{path}: cannot be parsed as CSV ({e})") from None
-
-
 def _cases_from_csv(pred: Predictor, csv: Path, files: list[tuple[Path, str, bool]], searched: str) -> _Cases:
     from skinlesion.data.metadata import _norm_value
 
     dataset, keys = pred.dataset, pred.payload["image_keys"]
-    df = _read_metadata(csv)
+    from skinlesion.data.table import read_csv
+
+    df = read_csv(csv, [], "--metadata")
     id_cols = IMAGE_ID_COLUMNS[dataset]
     absent = [id_cols[k] for k in keys if id_cols[k] not in df.columns]
     if absent:
@@ -297,9 +291,11 @@ def _cases_from_images(pred: Predictor, files: list[tuple[Path, str, bool]]) -> 
 
 
 # Per dataset, the official layout: the metadata file (relative to the root) and the image folders searched.
-ROOT_LAYOUT = {"pad_ufes": ("metadata.csv", ("images",)),
-               "isic2019": ("ISIC_2019_Training_Metadata.csv", ("{image_dir}",)),
-               "derm7pt": ("meta/meta.csv", ("images",))}
+def _layout(module) -> tuple[str, tuple[str, ...]]:
+    return module.METADATA, ("{image_dir}",) if hasattr(module, "IMAGE_DIR") else ("images",)
+
+
+ROOT_LAYOUT = {m.NAME: _layout(m) for m in (pad_ufes, isic2019, derm7pt)}   # the readers' own constants
 
 
 def cases_from_root(pred: Predictor, root: str | Path, split: str | None = None) -> _Cases:
