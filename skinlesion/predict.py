@@ -407,42 +407,26 @@ def _encode_metadata(pred: Predictor, cases: _Cases) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- running
-class _CaseDataset:
-    """Images (eval transform: the run's resize only) and metadata of the cases, in the batch layout."""
+def _evaluation_dataset(pred: Predictor, cases: _Cases, meta: np.ndarray, cache_dir: str | None):
+    """The cases as training's evaluation dataset (:class:`skinlesion.data.datamodule.CaseDataset`, no augmentation):
+    one resize path for training, evaluation and prediction. Where the run evaluated pre-resized cache copies, the
+    new images get theirs the same way (:class:`skinlesion.data.images.ImageCache`, under ``cache_dir``)."""
+    from skinlesion.data.datamodule import CaseDataset
+    from skinlesion.data.images import ImageCache
+    from skinlesion.data.table import CaseTable
+    from skinlesion.data.tasks import Task
 
-    def __init__(self, pred: Predictor, cases: _Cases, meta: np.ndarray):
-        import torch
-
-        from skinlesion.data.transforms import resize
-
-        self.cases, self.size = cases, int(pred.payload["image_size"])
-        self.pre = pred.payload.get("pre_resize")
-        self.resize = resize(self.size)
-        self.meta = torch.from_numpy(meta.astype(np.float32))
-
-    def __len__(self) -> int:
-        return len(self.cases.ids)
-
-    def _where(self, i: int) -> str:
-        c = self.cases
-        return f" (case {c.ids[i]}" + (f", {Path(c.source).name} line {c.lines[i]})" if c.lines[i] else ")")
-
-    def _image(self, path: Path | None, i: int):
-        import torch
-        from PIL import Image
-
-        from skinlesion.data.images import load_rgb
-        from skinlesion.data.transforms import to_tensor
-
-        if path is None:   # a missing modality: a blank stand-in; the branches that read it are not used
-            return torch.zeros(3, self.size, self.size, dtype=torch.uint8)
-        img = load_rgb(path, self._where(i))
-        if self.pre:   # as the run's image cache made its copies (skinlesion.data.images.ImageCache)
-            img = np.array(Image.fromarray(img).resize((self.pre, self.pre), Image.Resampling.BILINEAR))
-        return to_tensor(self.resize(image=img)["image"])
-
-    def __getitem__(self, i: int) -> dict:
-        return {"images": {k: self._image(v[i], i) for k, v in self.cases.images.items()}, "meta": self.meta[i]}
+    n = len(cases.ids)
+    tasks = tuple(Task(name, tuple(classes)) for name, classes in pred.payload["tasks"].items())
+    frame = cases.frame if cases.frame is not None else pd.DataFrame(index=pd.RangeIndex(n))
+    table = CaseTable(pred.dataset, Path(cases.source), frame, np.asarray(cases.ids, dtype=str), tasks,
+                      np.zeros((n, len(tasks)), dtype=np.int64), dict(cases.images))
+    keys = tuple(cases.images)
+    cached = None
+    if pred.payload.get("pre_resize") and keys and cache_dir is not None:
+        given = [p for k in keys for p in cases.images[k] if p is not None]
+        cached = ImageCache(cache_dir, int(pred.payload["pre_resize"])).build(given, progress=False)
+    return CaseDataset(table, np.arange(n), keys, meta, int(pred.payload["image_size"]), False, {}, cached)
 
 
 def _check_images(cases: _Cases) -> None:
@@ -472,7 +456,7 @@ def _autocast(precision, device: str):
     return contextlib.nullcontext()
 
 
-def _branch_outputs(pred: Predictor, data: _CaseDataset, device: str, batch_size: int, tta,
+def _branch_outputs(pred: Predictor, data, device: str, batch_size: int, tta,
                     workers: int = 0) -> tuple[dict, dict]:
     """Per branch and task, the TTA-averaged probabilities and logits of every case (module.tta_outputs)."""
     import torch
@@ -553,7 +537,11 @@ def predict(checkpoint: str | Path | Predictor, images: Sequence[str | Path] = (
     if skipped:
         cases, meta, plan = _subset(cases, keep), meta[keep], [plan[i] for i in keep]
     _check_images(cases)
-    probs, logits = _branch_outputs(pred, _CaseDataset(pred, cases, meta), device, batch_size, tta, num_workers)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="skinlesion-predict-") as tmp:   # the new images' cache copies
+        data = _evaluation_dataset(pred, cases, meta, tmp)
+        probs, logits = _branch_outputs(pred, data, device, batch_size, tta, num_workers)
     frame = _frame(pred, cases, plan, probs, logits)
     frame.attrs["skipped"] = skipped
     return frame

@@ -36,7 +36,7 @@ class CaseDataset(Dataset):
 
     def __init__(self, table: CaseTable, positions: np.ndarray, keys: tuple[str, ...], meta: np.ndarray,
                  image_size: int, train: bool, augment: dict, cached: dict[Path, Path] | None = None):
-        self.table, self.positions, self.keys = table, positions, keys
+        self.table, self.positions, self.keys, self.image_size = table, positions, keys, image_size
         self.meta = torch.from_numpy(meta.astype(np.float32))
         self.targets = torch.from_numpy(table.targets[positions])
         self.resize = resize(image_size)   # per image: the images of a case may differ in size
@@ -64,6 +64,8 @@ class CaseDataset(Dataset):
 
     def _load(self, key: str, row: int) -> np.ndarray:
         src = self.table.images[key][row]
+        if src is None:   # an absent image of a case to predict: a blank stand-in the branches reading it ignore
+            return np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
         where = f" (case {self.table.case_ids[row]}, {self.table.source.name} line {self.table.csv_line(row)})"
         return load_rgb(self.cached.get(src, src), where)
 
