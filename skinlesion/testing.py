@@ -171,8 +171,8 @@ def epochs_logged(run_dir: Path) -> list[int]:
 class SignalAtEpoch(Callback):
     """A Lightning callback that sends ``signal`` to its own process once, at a known moment of a run: ``once_file``
     is created first and, if it exists, nothing is sent. Simulates a kill (SIGKILL), Ctrl-C (SIGINT) or a
-    cluster's preemption notice (SIGUSR2); ``SIGUSR2+SIGTERM`` sends both at once, as SLURM does when it kills a job
-    that is being requeued. ``phase``:
+    cluster's preemption notice (SIGUSR2); ``SIGUSR2+SIGTERM`` sends the second 5 ms after the first, as SLURM's
+    SIGTERM follows the requeue of a job. ``phase``:
 
     - ``epoch_start``: when training epoch ``epoch`` (0-based) starts, after the previous epoch's checkpoints;
     - ``mid_epoch``: after the first training batch of epoch ``epoch``;
@@ -198,11 +198,14 @@ class SignalAtEpoch(Callback):
             return
         self.once_file.parent.mkdir(parents=True, exist_ok=True)
         self.once_file.touch()
-        sigs = [getattr(signal, name) for name in self.signal.split("+")]
-        signal.pthread_sigmask(signal.SIG_BLOCK, sigs)   # all pending together, as when they arrive at once
-        for sig in sigs:
-            os.kill(os.getpid(), sig)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
+        import threading
+
+        first, *later = [getattr(signal, name) for name in self.signal.split("+")]
+        for sig in later:   # a moment after the first, as SLURM's SIGTERM follows the requeue it answers
+            timer = threading.Timer(0.005, os.kill, (os.getpid(), sig))
+            timer.daemon = True   # a process that has ended by then gets none
+            timer.start()
+        os.kill(os.getpid(), first)
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._fire("epoch_start", trainer.current_epoch)
