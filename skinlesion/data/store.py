@@ -50,10 +50,15 @@ class ImageStore:
     @property
     def data(self) -> Path:
         """The data file the index names (``compact`` writes a new one; before any, ``images.u8``)."""
+        return self._load()[1]
+
+    def _load(self) -> tuple[dict[str, int], Path]:
+        """One read of the index: its entries (unchecked) and the data file it names."""
         try:
-            return self.dir / json.loads(self.index_path.read_text()).get("data", "images.u8")
+            saved = json.loads(self.index_path.read_text())
         except (OSError, ValueError):
-            return self.dir / "images.u8"
+            saved = {}
+        return dict(saved.get("rows") or {}), self.dir / saved.get("data", "images.u8")
 
     @property
     def index_path(self) -> Path:
@@ -64,17 +69,18 @@ class ImageStore:
         again."""
         return source_key(src, self.root)
 
-    def _rows_on_disk(self) -> int:
-        return self.data.stat().st_size // self.row_bytes if self.data.is_file() else 0
+    def _rows_on_disk(self, data: Path) -> int:
+        return data.stat().st_size // self.row_bytes if data.is_file() else 0
+
+    def _entries(self) -> tuple[dict[str, int], Path]:
+        """Entries whose rows are complete on disk (a file cut short drops the entries beyond its end), and the
+        data file."""
+        rows, data = self._load()
+        n = self._rows_on_disk(data)
+        return {k: int(r) for k, r in rows.items() if 0 <= int(r) < n}, data
 
     def _read_index(self) -> dict[str, int]:
-        """Entries whose rows are complete on disk (a file cut short drops the entries beyond its end)."""
-        try:
-            rows = json.loads(self.index_path.read_text())["rows"]
-        except (OSError, ValueError, KeyError):
-            return {}
-        n = self._rows_on_disk()
-        return {k: int(r) for k, r in rows.items() if 0 <= int(r) < n}
+        return self._entries()[0]
 
     def rows(self, sources: Sequence[Path], keys: Sequence[str] | None = None) -> np.ndarray | None:
         """The row of every source when all are stored (None otherwise); ``keys``: the sources' keys, if known."""
@@ -95,10 +101,10 @@ class ImageStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         # one builder per store at a time (concurrent sweep jobs, DDP ranks); the lock dies with its process
         with hold(self.dir / "store.lock", f"image store lock of {self.dir}"):
-            index = self._read_index()   # another builder may have added rows while this one waited
-            n = self._rows_on_disk()
-            if self.data.is_file() and self.data.stat().st_size != n * self.row_bytes:
-                with open(self.data, "r+b") as f:   # a row cut short by a kill: drop it
+            index, data = self._entries()   # another builder may have added rows while this one waited
+            n = self._rows_on_disk(data)
+            if data.is_file() and data.stat().st_size != n * self.row_bytes:
+                with open(data, "r+b") as f:   # a row cut short by a kill: drop it
                     f.truncate(n * self.row_bytes)
             todo: dict[str, int] = {}
             for i, k in enumerate(keys):
@@ -109,17 +115,17 @@ class ImageStore:
                 for start in range(0, len(pending), self.CHUNK):
                     chunk = pending[start:start + self.CHUNK]
                     block = self._decode([sources[i] for _, i in chunk], [where[i] for _, i in chunk], workers)
-                    with open(self.data, "ab") as f:
+                    with open(data, "ab") as f:
                         f.write(block.tobytes())
                         f.flush()
                         os.fsync(f.fileno())   # the rows on disk before the index names them
                     index.update({k: n + j for j, (k, _) in enumerate(chunk)})
                     n += len(chunk)
-                    self._write_index(index)
+                    self._write_index(index, data)
                     bar.update(len(chunk))
         if todo:
             log.info("image store: %d image(s) decoded at %dpx, %d reused (%s, %.2f GB)", len(todo), self.size,
-                     len(sources) - len(todo), self.data, self.data.stat().st_size / 1e9)
+                     len(sources) - len(todo), data, data.stat().st_size / 1e9)
         return np.array([index[k] for k in keys], dtype=np.int64)
 
     def compact(self, roots: Sequence[str | os.PathLike] = ()) -> tuple[int, int]:
@@ -130,8 +136,7 @@ class ImageStore:
         in ``roots``; keys of roots not given are kept. Returns (rows kept, bytes freed)."""
         by_name = {Path(r).resolve().name: Path(r).resolve() for r in roots}
         with hold(self.dir / "store.lock", f"image store lock of {self.dir}"):
-            index = self._read_index()
-            old = self.data
+            index, old = self._entries()
             if not old.is_file():
                 return 0, 0
             before = old.stat().st_size
@@ -144,13 +149,13 @@ class ImageStore:
                     dst.write(src.read(self.row_bytes))
                 dst.flush()
                 os.fsync(dst.fileno())
-            self._write_index({k: i for i, (k, _) in enumerate(order)}, data=new.name)
+            self._write_index({k: i for i, (k, _) in enumerate(order)}, new)
             old.unlink()
         return len(order), before - len(order) * self.row_bytes
 
-    def _write_index(self, index: dict[str, int], data: str | None = None) -> None:
+    def _write_index(self, index: dict[str, int], data: Path) -> None:
         with atomic_path(self.index_path) as tmp:
-            tmp.write_text(json.dumps({"size": self.size, "data": data or self.data.name, "rows": index}))
+            tmp.write_text(json.dumps({"size": self.size, "data": data.name, "rows": index}))
 
     def _decode(self, sources: list[Path], where: list[str], workers: int) -> np.ndarray:
         out = np.empty((len(sources), 3, self.size, self.size), dtype=np.uint8)
