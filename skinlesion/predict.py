@@ -487,7 +487,7 @@ def _branch_outputs(pred: Predictor, data, device: str, batch_size: int, tta,
 def predict(checkpoint: str | Path | Predictor, images: Sequence[str | Path] = (), metadata: str | Path | None = None,
             root: str | Path | None = None, split: str | None = None, tta: str | None = None,
             device: str | None = None, batch_size: int = 32, which: str = "best",
-            skip_unusable: bool = False, num_workers: int = 0) -> pd.DataFrame:
+            skip_unusable: bool = False, num_workers: int = 0, cases: _Cases | None = None) -> pd.DataFrame:
     """One row per case: ``case_id``, ``inputs`` (what the row was predicted from), ``prob/<output>/<task>/<class>``
     for every branch of the network (empty where the branch needs an input the case lacks) and for the run's
     reported output (the searched weighting of chapter-5/6 runs), with the saved predictions' names and class
@@ -521,7 +521,9 @@ def predict(checkpoint: str | Path | Predictor, images: Sequence[str | Path] = (
     pred.module.to(device)
     for note in pred.notes:
         log.warning("%s", note)
-    if root is not None:
+    if cases is not None:   # already read by the caller (FusionM4Net's stage 2 needs their metadata too)
+        pass
+    elif root is not None:
         cases = cases_from_root(pred, root, split)
     elif metadata is not None:
         searched = " or ".join(map(str, images)) or "(no --images)"

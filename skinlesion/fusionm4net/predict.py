@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from skinlesion.errors import DataError
 from skinlesion.evaluation import predictions as P
 from skinlesion.evaluation.search import fuse
 
@@ -50,22 +49,21 @@ def predict(run_dir: str | Path, root: str | Path, split: str | None = None, **k
     w = float(metrics["fusion_scheme2"]["w"])
 
     stage1 = load_predictor(main, kwargs.get("device") or "cpu")
-    frame = predict_stage1(stage1, root=root, split=split, **kwargs)
+    cases = cases_from_root(stage1, root, split)   # read once: stage 1's images and stage 2's metadata
+    frame = predict_stage1(stage1, root=root, split=split, cases=cases, **kwargs)
     p1 = fuse([P.branch_probs(frame, b) for b in weights], list(weights.values()))
 
-    cases = cases_from_root(stage1, root, split)
     vec = build_vectorizer("derm7pt", META_VARIANT, source=cases.source)
     absent = [] if cases.frame is None else [f for f in vec.field_names if f not in cases.frame.columns]
     has_meta = np.zeros(len(frame), dtype=bool)
     m20 = np.zeros((len(frame), vec.dim))
     if cases.frame is not None and not absent:
-        rows = cases.frame
+        position = {c: i for i, c in enumerate(cases.ids)}   # the predicted cases (--skip-unusable drops some)
+        rows = cases.frame.iloc[[position[c] for c in frame["case_id"]]]
         has_meta = ~rows[vec.field_names].isna().any(axis=1).to_numpy()
         if has_meta.any():   # the fixed m20 vocabulary: fitting only checks the columns
             vec.fit(rows[has_meta])
             m20[has_meta] = vec.transform(rows[has_meta])
-    if list(cases.ids) != list(frame["case_id"]):
-        raise DataError(f"{cases.source}: the cases of stage 1 and of the metadata differ")
 
     fit = pd.read_parquet(run_dir / "classifier" / "train_features.parquet")
     features = settings["fusion_scheme2"]["features"]
