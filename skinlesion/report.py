@@ -261,8 +261,9 @@ def log_report(res: dict, sweep_dirs: Sequence[str | Path], project: str = "skin
     type ``report`` in the sweep's group. Offline (``wandb sync`` later) when no API key is set up."""
     import wandb
 
-    if not (os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").is_file()):
-        os.environ.setdefault("WANDB_MODE", "offline")
+    from skinlesion.tracking import offline_without_credentials
+
+    offline_without_credentials()
     group = sweep_group(res["jobs"], sweep_dirs)
     run = wandb.init(project=project, group=group, job_type="report", name=f"report-{group}",
                      dir=os.environ.get("WANDB_DIR") or str(res["out"]),

@@ -103,10 +103,9 @@ def log_wandb(cfg: DictConfig, result: dict) -> None:
 
     import wandb
 
-    from skinlesion.tracking import wandb_summary
+    from skinlesion.tracking import offline_without_credentials, wandb_summary
 
-    if not (os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").is_file()):
-        os.environ.setdefault("WANDB_MODE", "offline")   # no credentials: log locally, sync later
+    offline_without_credentials()
     method = str(cfg.stage2.get("method", "FusionM4Net"))
     metrics = result["metrics"]
     run = wandb.init(project=lcfg.get("project"), entity=lcfg.get("entity"), job_type="fusionm4net",
