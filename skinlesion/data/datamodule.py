@@ -19,16 +19,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
 from skinlesion.data import derm7pt, isic2019, pad_ufes
+from skinlesion.data.audit import span_warning
 from skinlesion.data.images import ImageCache, check_images, load_rgb
 from skinlesion.data.info import DataInfo
 from skinlesion.data.metadata import MetadataVectorizer, build_vectorizer
-from skinlesion.data.table import CaseTable, check_root
+from skinlesion.data.table import CaseTable, check_root, check_unique_ids
 from skinlesion.data.tasks import DERM7PT_TASK_COLUMNS, select_tasks
 from skinlesion.data.transforms import block_gated, geometric, photometric, resize, resolve_augment, to_tensor
 from skinlesion.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 DATASETS: dict[str, ModuleType] = {m.NAME: m for m in (pad_ufes, isic2019, derm7pt)}
+_SPAN_WARNED: set[tuple] = set()   # settings already warned about lesions spanning partitions (once per run)
 
 
 class CaseDataset(Dataset):
@@ -208,12 +210,33 @@ class SkinLesionDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.table is not None:
             return
-        root = check_root(self.root, self.dataset)
-        table = self.spec.read(root, image_dir=self.image_dir)
-        task_pos = [i for i, t in enumerate(table.tasks) if t in self._info.tasks]
-        table.targets, table.tasks = table.targets[:, task_pos], self._info.tasks
+        table, partition, fold_col = self.read_partitions()
         for note in table.notes:
             log.warning("%s: %s", self.dataset, note)
+        table, partition, fold_col = self._handle_missing(table, partition, fold_col)
+        self._warn_spanning(table, partition)
+        self.table, self.partition, self.fold_col = table, partition, fold_col
+        try:
+            self._fit_meta()
+            self._check_images()
+            cached = self._build_store() if self.augment_on == "device" else self._build_cache()
+            self.datasets = {part: self._make(part, cached) for part in ("train", "val", "test", "holdout")
+                             if (partition == part).any()}
+        except BaseException:
+            self.table = None   # a failed setup leaves nothing that a second call would mistake for done
+            raise
+        log.info("%s: %s", self.dataset, {p: len(d) for p, d in self.datasets.items()})
+
+    def read_partitions(self, check_ids: bool = True) -> tuple[CaseTable, np.ndarray, np.ndarray]:
+        """Every case of the dataset (no image opened), its partition and its fold in this setting: where
+        :meth:`setup` starts, and what the data audit reads. ``check_ids=False`` lets duplicated case ids through
+        (the audit lists them; training refuses them)."""
+        root = check_root(self.root, self.dataset)
+        table = self.spec.read(root, image_dir=self.image_dir)
+        if check_ids:
+            check_unique_ids(table)
+        task_pos = [i for i, t in enumerate(table.tasks) if t in self._info.tasks]
+        table.targets, table.tasks = table.targets[:, task_pos], self._info.tasks
         if self.dataset == "derm7pt":
             partition = derm7pt.partition(table, root)
             if self.hold_out == "second_half":
@@ -230,18 +253,20 @@ class SkinLesionDataModule(L.LightningDataModule):
                 partition = cv_partition(fold_col, self.fold)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
-        table, partition, fold_col = self._handle_missing(table, partition, fold_col)
-        self.table, self.partition, self.fold_col = table, partition, fold_col
-        try:
-            self._fit_meta()
-            self._check_images()
-            cached = self._build_store() if self.augment_on == "device" else self._build_cache()
-            self.datasets = {part: self._make(part, cached) for part in ("train", "val", "test", "holdout")
-                             if (partition == part).any()}
-        except BaseException:
-            self.table = None   # a failed setup leaves nothing that a second call would mistake for done
-            raise
-        log.info("%s: %s", self.dataset, {p: len(d) for p, d in self.datasets.items()})
+        return table, partition, fold_col
+
+    def _warn_spanning(self, table: CaseTable, partition: np.ndarray) -> None:
+        """One warning per process and setting when an image-level split puts a lesion's (or patient's) images
+        in several partitions: the evaluation then sees lesions that training saw."""
+        if self.split != "stratified":
+            return
+        key = (self.dataset, str(Path(self.root).expanduser().resolve()), self.split, self.split_seed, self.fold)
+        if key in _SPAN_WARNED:
+            return
+        message = span_warning(table, partition, self.split)
+        if message is not None:
+            _SPAN_WARNED.add(key)
+            log.warning("%s", message)
 
     def _handle_missing(self, table, partition, fold_col):
         keys = self.input_keys

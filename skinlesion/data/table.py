@@ -46,6 +46,29 @@ class CaseTable:
                          None if self.groups is None else self.groups[idx], list(self.notes))
 
 
+def duplicated_ids(table: CaseTable) -> list[np.ndarray]:
+    """Row positions of every case id listed more than once, one array per id (in CSV order)."""
+    ids = pd.Series(table.case_ids, dtype=object)
+    rows_of: dict[object, list[int]] = {}
+    for row in np.flatnonzero(ids.duplicated(keep=False).to_numpy()):
+        rows_of.setdefault(ids.iloc[row], []).append(int(row))
+    return [np.asarray(rows, dtype=np.int64) for rows in rows_of.values()]
+
+
+def check_unique_ids(table: CaseTable) -> None:
+    """Refuse a file that lists a case twice: predictions, folds and the audit trail are keyed by case id."""
+    groups = duplicated_ids(table)
+    if not groups:
+        return
+    first = min(groups, key=lambda rows: rows[1])   # the first repetition in file order
+    i, j = int(first[0]), int(first[1])
+    times = "twice" if len(first) == 2 else f"{len(first)} times"
+    more = f"; {len(groups)} ids are repeated in all" if len(groups) > 1 else ""
+    raise DataError(f"{table.source}, lines {table.csv_line(i)} and {table.csv_line(j)}: case id "
+                    f"{table.case_ids[i]!r} is listed {times} (each case must be listed once{more}); remove the "
+                    f"extra row(s) (python -m skinlesion.data.audit lists every duplicate)")
+
+
 def read_csv(path: Path, required: list[str], what: str) -> pd.DataFrame:
     """Read an official CSV and fail in words when it is missing or lacks a column."""
     if not path.is_file():
