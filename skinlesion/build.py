@@ -19,7 +19,7 @@ def prepare_data(cfg: DictConfig):
 def build_module(cfg: DictConfig, dm, pretrained: bool = True):
     """The configured network inside the LightningModule, with class weights from ``dm``'s training split.
     ``pretrained=False`` skips loading ImageNet weights (a checkpoint will supply them)."""
-    from skinlesion.models import build_network
+    from skinlesion.models import branch_inputs, build_network
     from skinlesion.module import MultiTaskModule
     from skinlesion.payload import inference_payload
 
@@ -35,7 +35,9 @@ def build_module(cfg: DictConfig, dm, pretrained: bool = True):
         report=cfg.model.report, monitor=cfg.model.get("monitor"), optim=cfg.optim.optimizer,
         scheduler=cfg.optim.scheduler,
         class_counts=dm.class_counts() if cfg.class_weighted else None, tta=cfg.tta,
-        save_features=cfg.save_features, normalize=dm.normalize)
+        save_features=cfg.save_features, normalize=dm.normalize,
+        input_dropout=dict(cfg.model.get("input_dropout") or {}),
+        branch_inputs=branch_inputs(net_cfg, dm.info), seed=int(cfg.get("seed") or 0))
     module.case_ids = dm.table.case_ids
     module.batch_augment = getattr(dm, "batch_augment", None)   # data.augment_on=device: training batches
     module.inference_payload = inference_payload(cfg, dm, module)   # saved into every checkpoint

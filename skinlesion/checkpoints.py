@@ -143,6 +143,19 @@ def remove_partial_files(directory: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def locate(path: Path, which: str = "best") -> tuple[Path, Path | None]:
+    """(checkpoint file, its run directory or None) for a run directory (its ``which`` checkpoint, see
+    :func:`resolve`) or a checkpoint file (its run: the directory above ``checkpoints/`` holding a config.yaml)."""
+    if path.is_dir():
+        if not (path / "checkpoints").is_dir():
+            raise ConfigError(f"{path}: not a run directory (no checkpoints/) and not a checkpoint file")
+        return resolve(path, which), path
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {str(path)!r}: no such file or run directory")
+    run_dir = path.parent.parent
+    return path, run_dir if path.parent.name == "checkpoints" and (run_dir / "config.yaml").is_file() else None
+
+
 def resolve(run_dir: Path, which: str = "best") -> Path:
     """``best``: the checkpoint the run evaluated (metrics.json), else the best-scored file name; ``last``;
     ``swa`` (the averaged weights of the chapter-5 recipe); or a path."""

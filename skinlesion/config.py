@@ -258,6 +258,7 @@ SCHEMA: dict[str, Field] = {
     "model.net.fusion_input": _f("choice", choices=("concat", "derm_only", "sum")),
     "model.net.shared_classifier": BOOL,
     "model.search": _f("choice", choices=("scheme1", "none"), none=True),
+    **{f"model.input_dropout.{x}": _f("float", lo=0, hi=0.95) for x in ("meta", "clinic", "derm")},
 }
 
 

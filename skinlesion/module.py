@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from skinlesion.data.info import DataInfo
+from skinlesion.data.info import META_INPUT, DataInfo
 from skinlesion.data.transforms import TTA_VIEWS, normalize_batch, tta_views
 from skinlesion.errors import ConfigError, SkinLesionError
 from skinlesion.evaluation.predictions import to_frame
@@ -38,7 +38,8 @@ class MultiTaskModule(L.LightningModule):
     def __init__(self, network: nn.Module, info: DataInfo, branch_weights: dict[str, float], report: str,
                  optim: dict, scheduler: dict | None = None, class_counts: list[np.ndarray] | None = None,
                  tta: str = "six", save_features: bool = False, normalize: str = "imagenet",
-                 monitor: str | None = None):
+                 monitor: str | None = None, input_dropout: dict[str, float] | None = None,
+                 branch_inputs: dict[str, tuple[str, ...]] | None = None, seed: int = 0):
         super().__init__()
         self.network, self.info = network, info
         # A zero weight for a branch the network lacks is ignored (presets switch a branch's loss off that way).
@@ -78,6 +79,16 @@ class MultiTaskModule(L.LightningModule):
         # data.augment_on=device: the DataModule's device augmentation (train.build_module sets it). A plain object,
         # not a submodule, so checkpoints keep their keys.
         self.batch_augment = None
+        # model.input_dropout: per input, the probability that a training case goes without it (checked in
+        # skinlesion.config against what the network reads); branch_inputs says which branches lose the case.
+        self.input_dropout = {x: float(p) for x, p in (input_dropout or {}).items() if float(p) > 0}
+        self.branch_inputs = {b: tuple(need) for b, need in (branch_inputs or {}).items()}
+        self.seed = int(seed)
+        for x, p in self.input_dropout.items():
+            if not any(x in need and len(need) > 1 for need in self.branch_inputs.values()):
+                raise ConfigError(f"model.input_dropout.{x}={p}: no branch of this network reads '{x}' together with "
+                                  f"another input (branch inputs: {self.branch_inputs}); input dropout teaches a "
+                                  "fused branch to answer without one of its inputs")
 
     def on_after_batch_transfer(self, batch, dataloader_idx):
         """Images arrive as uint8; training batches of data.augment_on=device are augmented here (they carry the
@@ -93,17 +104,64 @@ class MultiTaskModule(L.LightningModule):
         return batch
 
     # --- loss ------------------------------------------------------------------------------------------
-    def loss(self, logits: dict, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, logits: dict, target: torch.Tensor, absent: dict[str, torch.Tensor] | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted sum of the branches' losses. ``absent`` (input dropout): per input, the cases that went
+        without it; a branch that reads none of a case's remaining inputs adds no loss for that case."""
         parts = {}
         for b, w in self.branch_weights.items():
-            parts[b] = sum(F.cross_entropy(logits[b][t.name].float(), target[:, j], weight=getattr(self, f"cw_{j}"))
+            keep = None
+            if absent:
+                need = self.branch_inputs.get(b, ())
+                lost = torch.stack([absent[x] if x in absent else torch.zeros_like(target[:, 0], dtype=torch.bool)
+                                    for x in need]).all(0) if need else None
+                keep = None if lost is None else ~lost
+            parts[b] = sum(self._cross_entropy(logits[b][t.name].float(), target[:, j], getattr(self, f"cw_{j}"), keep)
                            for j, t in enumerate(self.info.tasks))
         total = sum(w * parts[b] for b, w in self.branch_weights.items() if w)
         return total, parts
 
+    @staticmethod
+    def _cross_entropy(z: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None,
+                       keep: torch.Tensor | None) -> torch.Tensor:
+        """Class-weighted mean cross-entropy (as F.cross_entropy), over the ``keep`` cases only when given."""
+        if keep is None:
+            return F.cross_entropy(z, y, weight=weight)
+        each = F.cross_entropy(z, y, weight=weight, reduction="none")   # already scaled by the class weight
+        w = (weight[y] if weight is not None else torch.ones_like(each)) * keep
+        return (each * keep).sum() / w.sum().clamp_min(1e-12)
+
+    # --- input dropout -----------------------------------------------------------------------------------
+    def draw_absent(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Per dropped input, which cases of the training batch go without it. Drawn from a stream seeded by the
+        run's seed and the global step, so a resumed run drops the same inputs as an uninterrupted one. A case never
+        loses every input: such a case keeps them all."""
+        n = batch["target"].shape[0]
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.global_step))
+        absent = {x: torch.rand(n, generator=g) < p for x, p in sorted(self.input_dropout.items())}
+        reads = {x for need in self.branch_inputs.values() for x in need}
+        if reads <= set(absent):
+            everything = torch.stack([absent[x] for x in reads]).all(0)
+            absent = {x: m & ~everything for x, m in absent.items()}
+        return {x: m.to(batch["target"].device) for x, m in absent.items()}
+
+    @staticmethod
+    def blank_absent(batch: dict, absent: dict[str, torch.Tensor]) -> dict:
+        """An absent input as the fusion sees it: zeros after normalisation (an image of the normalisation's mean
+        colour; an all-zero metadata vector, as a row whose every field is empty and numeric fields at 0)."""
+        for x, mask in absent.items():
+            if x == META_INPUT and "meta" in batch:
+                batch["meta"] = batch["meta"].masked_fill(mask[:, None], 0)
+            elif x in batch.get("images", {}):
+                batch["images"][x] = batch["images"][x].masked_fill(mask[:, None, None, None], 0)
+        return batch
+
     def training_step(self, batch, batch_idx):
+        absent = self.draw_absent(batch) if self.input_dropout else None
+        if absent:
+            batch = self.blank_absent(batch, absent)
         out = self.network(batch)
-        loss, parts = self.loss(out["logits"], batch["target"])
+        loss, parts = self.loss(out["logits"], batch["target"], absent)
         self._watch_loss(loss, batch_idx)
         bs = batch["target"].shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=bs)
@@ -251,7 +309,7 @@ class MultiTaskModule(L.LightningModule):
 
     # --- checkpoints ------------------------------------------------------------------------------------
     # What predicting new cases needs besides the weights (config, classes, preprocessing, fitted metadata
-    # encoding, branch inputs): plain Python values, set by train.build_module (skinlesion.predict builds it).
+    # encoding, branch inputs): plain Python values, set by skinlesion.build.build_module (skinlesion.predict reads it).
     inference_payload: dict | None = None
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -57,5 +57,7 @@ def inference_payload(cfg, dm, module=None) -> dict:
         "search": cfg.model.get("search"),
         "branches": list(inputs),
         "branch_inputs": {b: list(need) for b, need in inputs.items()},
+        # inputs the fused branches learned to do without (model.input_dropout): prediction then keeps them
+        "input_dropout": {str(x): float(v) for x, v in (cfg.model.get("input_dropout") or {}).items() if float(v) > 0},
         "metadata": None if vec is None else vec.state_dict(),
     }

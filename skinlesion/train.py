@@ -88,7 +88,12 @@ def run(cfg: DictConfig, out: Path, state: dict | None = None, plan: resume.Resu
     if trainer.global_rank == 0:
         for d in csv_dirs:
             resume.merge_epoch_log(d)
-    return evaluate(cfg, out, trainer, module, dm, params)
+    metrics = evaluate(cfg, out, trainer, module, dm, params)
+    if trainer.global_rank == 0 and cfg.get("robustness", True):
+        from skinlesion.robustness import withhold_inputs
+
+        withhold_inputs(out, dm, str(trainer.strategy.root_device), int(dm.eval_batch_size))
+    return metrics
 
 
 def _ddp_strategy(cfg: DictConfig, module) -> dict:

@@ -216,7 +216,7 @@ def test_two_image_case_without_its_clinical_image_is_predicted_by_the_derm_head
     case = str(pd.read_csv(root / "meta" / "meta.csv")["case_num"][first])
     i = list(frame["case_id"]).index(case)
     assert frame["inputs"][i] == "derm" and (frame["inputs"].drop(index=i) == "clinic+derm").all()
-    assert frame["missing"][i].startswith("clinic") and f"no such image file under {root / 'images'}" in frame["missing"][i]
+    assert frame["missing"][i].startswith("clinic") and f"no such image file ({root / 'images' / 'nowhere' / 'missing.jpg'})" in frame["missing"][i]
     for t in (t.name for t in DERM7PT_TASKS):
         np.testing.assert_allclose(_probs(frame, "searched", t)[i], branch_probs(saved, "derm")[t][i], atol=1e-5)
         assert np.isnan(_probs(frame, "clinic", t)[i]).all() and np.isnan(_probs(frame, "fusion", t)[i]).all()
@@ -385,11 +385,12 @@ def test_a_folder_of_another_dataset_is_refused_naming_both(jif_run, derm7pt_roo
                                        (["--batch-size", "0"], "argument --batch-size: expected a whole number >= 1"),
                                        (["--num-workers", "-1"], "argument --num-workers: expected a whole number >= 0")])
 def test_bad_options_are_refused_before_any_work_in_one_line(jif_run, pad_root, args, said, capsys, monkeypatch):
-    import skinlesion.predict as module
+    import skinlesion.predict.inference as inference
+    from skinlesion.predict import main
 
-    monkeypatch.setattr(module, "load_predictor", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(inference, "load_predictor", lambda *a, **k: pytest.fail("the model was loaded"))
     try:
-        code = module.main([str(jif_run), "--root", str(pad_root), *args])
+        code = main([str(jif_run), "--root", str(pad_root), *args])
     except SystemExit as e:   # argparse's own exit for a bad option value
         code = e.code
     err = capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from skinlesion.data import derm7pt, isic2019, pad_ufes
@@ -117,3 +118,41 @@ def test_isic_unk_and_multilabel_rows_rejected(tmp_path):
     (tmp_path / isic2019.GROUND_TRUTH).write_text("\n".join(gt) + "\n")
     with pytest.raises(DataError, match=r"line 4, column 'UNK'"):
         isic2019.read(tmp_path)
+
+
+# --- labelled=False: new cases for prediction, read by the same readers -----------------------------------------
+@pytest.mark.parametrize("module,root,kw", [(pad_ufes, "pad_ufes_20", {}), (isic2019, "isic_2019", {"image_dir": "images"}),
+                                            (derm7pt, "derm7pt", {})])
+def test_unlabelled_read_gives_the_training_cases_and_paths(module, root, kw):
+    """Prediction reads new cases with the training reader: same case ids and image paths in the same order."""
+    from skinlesion.data import unlabelled
+
+    labelled, new = module.read(shared(root), **kw), module.read(shared(root), labelled=False, **kw)
+    assert list(new.case_ids) == list(labelled.case_ids)
+    assert (new.targets == unlabelled.UNKNOWN).all() and new.targets.shape == labelled.targets.shape
+    for key, paths in labelled.images.items():
+        assert [str(p) for p in new.images[key]] == [str(p) for p in paths]
+    missing = unlabelled.missing_images(new.frame, new.images, module.IMAGE_COLUMNS, module.IMAGE_KEYS)
+    present = sum(not m for m in missing)
+    assert present == sum(all(labelled.images[k][i].is_file() for k in module.IMAGE_KEYS) for i in range(len(new)))
+    assert present == {"pad_ufes_20": 24, "isic_2019": 16, "derm7pt": 0}[root]
+
+
+def test_unlabelled_read_needs_no_label_columns_and_says_what_each_case_lacks(tmp_path):
+    """A metadata file of new cases: no diagnosis or lesion columns, an empty image cell, an image not there."""
+    from skinlesion.data import unlabelled
+
+    root = tmp_path / "d7"
+    generate("derm7pt", root, n=12, size=32, seed=0)
+    df = pd.read_csv(root / "meta" / "meta.csv").drop(columns=["diagnosis", "pigment_network", "case_num"])
+    df.loc[1, "clinic"] = None
+    df.loc[2, "derm"] = "nowhere/x.jpg"
+    df.to_csv(root / "meta" / "meta.csv", index=False)
+    with pytest.raises(DataError, match=r"missing column\(s\) \['case_num', 'diagnosis'"):
+        derm7pt.read(root)
+    table = derm7pt.read(root, labelled=False)
+    assert list(table.case_ids[:3]) == ["line 2", "line 3", "line 4"]   # no case_num: the CSV line
+    missing = unlabelled.missing_images(table.frame, table.images, derm7pt.IMAGE_COLUMNS, ("derm", "clinic"))
+    assert missing[1] == {"clinic": "empty 'clinic'"} and table.images["clinic"][1] is None
+    assert list(missing[2]) == ["derm"] and "'nowhere/x.jpg': no such image file" in missing[2]["derm"]
+    assert not any(missing[i] for i in range(len(table)) if i not in (1, 2))

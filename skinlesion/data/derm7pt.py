@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from skinlesion.data import unlabelled
 from skinlesion.data.table import CaseTable, map_labels, read_csv
 from skinlesion.data.tasks import DERM7PT_TASK_COLUMNS, DERM7PT_TASKS
 from skinlesion.errors import DataError
@@ -19,11 +20,21 @@ COLUMNS = ("case_num", "diagnosis", "seven_point_score", "pigment_network", "str
            "regression_structures", "dots_and_globules", "blue_whitish_veil", "vascular_structures",
            "level_of_diagnostic_difficulty", "elevation", "location", "sex", "management", "clinic", "derm",
            "case_id", "notes")
+CASE_ID = "case_num"
+IMAGE_COLUMNS = {"derm": "derm", "clinic": "clinic"}   # the columns naming each image of a case
 INDEX_FILES = {"train": "train_indexes.csv", "val": "valid_indexes.csv", "test": "test_indexes.csv"}
 
 
-def read(root: Path, **_: object) -> CaseTable:
-    path = root / METADATA
+def read(root: Path, labelled: bool = True, metadata: Path | None = None, **_: object) -> CaseTable:
+    """The cases of ``root``. ``labelled=False`` (new cases): the label columns are optional, an image cell may be
+    empty and an image absent (:mod:`skinlesion.data.unlabelled`); ``metadata``: another CSV in place of
+    ``meta/meta.csv``."""
+    path = Path(metadata) if metadata is not None else root / METADATA
+    if not labelled:
+        df = read_csv(path, [], "derm7pt meta")
+        images = {key: unlabelled.image_paths(df, key, lambda p: root / "images" / p) for key in ("derm", "clinic")}
+        return CaseTable(NAME, path, df, unlabelled.case_ids(df, CASE_ID), TASKS,
+                         unlabelled.no_targets(len(df), TASKS), images)
     df = read_csv(path, ["case_num", *DERM7PT_TASK_COLUMNS.values(), "clinic", "derm"], "derm7pt meta")
     targets = np.stack([map_labels(df[DERM7PT_TASK_COLUMNS[t.name]], t, path, DERM7PT_TASK_COLUMNS[t.name])
                         for t in TASKS], axis=1)

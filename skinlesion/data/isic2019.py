@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skinlesion.data import unlabelled
 from skinlesion.data.table import CaseTable, read_csv
 from skinlesion.data.tasks import ISIC2019_TASKS, ISIC_CLASSES
 from skinlesion.errors import DataError
@@ -15,13 +16,25 @@ TASKS = ISIC2019_TASKS
 GROUND_TRUTH = "ISIC_2019_Training_GroundTruth.csv"
 METADATA = "ISIC_2019_Training_Metadata.csv"
 IMAGE_DIR = "ISIC_2019_Training_Input"
+CASE_ID = "image"
+IMAGE_COLUMNS = {"derm": "image"}   # the column naming each image of a case
 # the release's headers, in order: ground truth is one-hot in the challenge's (not alphabetical) class order
 GROUND_TRUTH_COLUMNS = ("image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
 METADATA_COLUMNS = ("image", "age_approx", "anatom_site_general", "lesion_id", "sex")
 
 
-def read(root: Path, image_dir: str = IMAGE_DIR, **_: object) -> CaseTable:
-    gt_path, meta_path = root / GROUND_TRUTH, root / METADATA
+def read(root: Path, image_dir: str = IMAGE_DIR, labelled: bool = True, metadata: Path | None = None,
+         **_: object) -> CaseTable:
+    """The cases of ``root``. ``labelled=False`` (new cases): no ground-truth file, and the metadata file needs only
+    its ``image`` column; an image may be absent (:mod:`skinlesion.data.unlabelled`). ``metadata``: another CSV in
+    place of the release's metadata file."""
+    gt_path, meta_path = root / GROUND_TRUTH, Path(metadata) if metadata is not None else root / METADATA
+    folder = root / image_dir
+    if not labelled:
+        meta = read_csv(meta_path, [], "ISIC-2019 metadata")
+        images = unlabelled.image_paths(meta, "image", lambda name: folder / f"{name}.jpg")
+        return CaseTable(NAME, meta_path, meta, unlabelled.case_ids(meta, CASE_ID), TASKS,
+                         unlabelled.no_targets(len(meta), TASKS), {"derm": images})
     gt = read_csv(gt_path, ["image", *ISIC_CLASSES, "UNK"], "ISIC-2019 ground truth")
     meta = read_csv(meta_path, ["image", "age_approx", "anatom_site_general", "sex"], "ISIC-2019 metadata")
     onehot = gt[list(ISIC_CLASSES)].to_numpy(dtype=float)
@@ -42,7 +55,6 @@ def read(root: Path, image_dir: str = IMAGE_DIR, **_: object) -> CaseTable:
         raise DataError(f"{meta_path}: {len(missing)} image(s) have no row in {GROUND_TRUTH}, "
                         f"first: {missing[0]!r}")
     targets = np.array([label_of[n] for n in names], dtype=np.int64)[:, None]
-    folder = root / image_dir
     images = [folder / f"{n}.jpg" for n in names]   # '_downsampled' names are used verbatim
     lesion = meta["lesion_id"] if "lesion_id" in meta.columns else None
     groups = None if lesion is None else np.where(lesion.isna(), names, lesion.astype(str)).astype(str)

@@ -1,0 +1,3 @@
+from skinlesion.predict.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""Missing-input robustness: after training, the run's test cases are predicted again with one input withheld at a
+time (the metadata, the clinical image, the dermoscopic image), through the prediction path
+(:func:`skinlesion.predict.inference.predict_cases`), so the numbers say what a clinic without that input would get
+from this model. Written to ``robustness/test_no_<input>.parquet`` in the saved predictions' schema (``case_id``,
+``target/<task>``, ``prob/<reported output>/<task>/<class>``); an input the model cannot answer without has no file
+and is listed in ``robustness/withheld.json``."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from skinlesion.provenance import write_json, write_parquet
+
+log = logging.getLogger(__name__)
+
+WITHHELD = "withheld"
+
+
+def condition(x: str) -> str:
+    return f"no_{x}"
+
+
+def withhold_inputs(out: Path, dm, device: str = "cpu", batch_size: int = 32) -> dict[str, str]:
+    """Write the run's test predictions with each input it reads withheld; returns input -> file or the reason
+    there is none."""
+    from skinlesion.predict.cases import Cases
+    from skinlesion.predict.inference import answering_branches, predict_cases
+    from skinlesion.predict.model import load_predictor
+
+    if not dm.has_partition("test"):
+        return {}
+    pred = load_predictor(out, device)
+    rows = np.flatnonzero(np.asarray(dm.partition) == "test")
+    done: dict[str, str] = {}
+    for x in sorted(pred.reads):
+        name = condition(x)
+        branches = answering_branches(pred, {x})
+        if not branches:
+            done[x] = f"no output of this model answers without '{x}' (branch inputs: {pred.branch_inputs})"
+            continue
+        table = dm.table.subset(rows)
+        if x in table.images:
+            table.images[x] = [None] * len(rows)
+        cases = Cases(table, True, [{x: WITHHELD} for _ in rows], [[] for _ in rows])
+        # a case that also lacks another input no output can do without is left out (counted in the log)
+        frame, reported = predict_cases(pred, cases, device, batch_size, skip_unusable=True)
+        position = {str(c): i for i, c in enumerate(table.case_ids)}
+        kept = np.array([position[c] for c in frame["case_id"]], dtype=np.int64)
+        cols: dict = {"case_id": frame["case_id"].to_numpy()}
+        for j, t in enumerate(dm.info.tasks):
+            cols[f"target/{t.name}"] = table.targets[kept, j]
+        for t, classes in pred.payload["tasks"].items():
+            for k, c in enumerate(classes):
+                cols[f"prob/{pred.output}/{t}/{c}"] = reported[t][:, k]
+        write_parquet(out / "robustness" / f"test_{name}.parquet", pd.DataFrame(cols))
+        skipped = frame.attrs.get("skipped", 0)
+        done[x] = (f"robustness/test_{name}.parquet (from {'+'.join(branches)})"
+                   + (f"; {skipped} case(s) left out: they lack another input too" if skipped else ""))
+    write_json(out / "robustness" / "withheld.json", {"output": pred.output, "inputs": done})
+    log.info("missing-input robustness: %s", "; ".join(f"without {x}: {v}" for x, v in done.items()))
+    return done
