@@ -43,7 +43,10 @@ RUNTIME_KEYS = ("ckpt_path", "resume", "gpu_pool", "gpu_lock_dir", "cpu_jobs", "
                 "callbacks.progress_bar",
                 "hydra", "data.num_workers", "data.pin_memory", "data.persistent_workers", "data.progress", "data.cache",
                 "data.eval_batch_size", "data.root", "trainer.enable_progress_bar", "trainer.log_every_n_steps",
-                "trainer.enable_model_summary")
+                "trainer.enable_model_summary", "robustness")
+# Settings added after a run may have been saved, at the value that trains as before: a run saved without them
+# continues (an absent key and this value describe the same experiment).
+ADDED_DEFAULTS = {f"model.input_dropout.{x}": 0.0 for x in ("meta", "clinic", "derm")}
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,9 @@ def _runtime(key: str) -> bool:
 def config_differences(saved: dict, current: dict) -> list[str]:
     """Keys (dotted) whose values differ between two resolved configs, runtime settings excepted."""
     a, b = _flatten(saved), _flatten(current)
+    for k, value in ADDED_DEFAULTS.items():
+        a.setdefault(k, value)
+        b.setdefault(k, value)
     return sorted(k for k in set(a) | set(b) if not _runtime(k) and a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 

@@ -156,6 +156,15 @@ def test_runtime_settings_may_change_between_attempts():
                                       "trainer": {"enable_progress_bar": True}}) == ["data.batch_size", "seed"]
 
 
+def test_a_run_saved_before_input_dropout_existed_continues_unless_the_dropout_is_switched_on():
+    saved = {"seed": 1, "model": {"beta": 0.5}}   # written by a version without model.input_dropout or robustness
+    current = {"seed": 1, "model": {"beta": 0.5, "input_dropout": {"meta": 0.0, "clinic": 0.0, "derm": 0.0}},
+               "robustness": True}
+    assert config_differences(saved, current) == []
+    current["model"]["input_dropout"]["meta"] = 0.3
+    assert config_differences(saved, current) == ["model.input_dropout.meta"]
+
+
 def test_random_states_travel_with_the_checkpoint():
     callback = RandomState()
     torch.manual_seed(3), np.random.seed(3), random.seed(3)
