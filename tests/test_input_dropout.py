@@ -54,6 +54,7 @@ def _bac_without_meta(run: Path, as_if_trained_without: bool = False) -> float:
     rows = np.flatnonzero(np.isin(table.case_ids, folds.loc[folds["partition"] == "test", "case_id"]))
     cases = Cases(table.subset(rows), True, [{"meta": "withheld"} for _ in rows], [[] for _ in rows])
     frame, reported = predict_cases(pred, cases)
+    assert (frame["inputs"] == "clinic").all() and frame["missing"].str.startswith("meta").all()
     y = table.targets[rows, 0]
     recall = [(reported["diagnostic"].argmax(1)[y == c] == c).mean() for c in np.unique(y)]
     return float(np.mean(recall))

@@ -212,9 +212,9 @@ def _frame(pred: Predictor, cases: Cases, plan, probs: dict, logits: dict
             combined = module.combined_probs({b: p[b] for b in usable}, {b: z[b] for b in usable}, "all")
         for t in tasks:
             reported[t][rows] = np.asarray(combined[t], dtype=np.float64)
-        names = "+".join(sorted({x for b in (usable or branches) for x in inputs_of[b]}))
-        for i in rows:
-            used[i] = names
+        read = {x for b in (usable or branches) for x in inputs_of[b]}
+        for i in rows:   # a branch trained to do without an input answers without it (model.input_dropout)
+            used[i] = "+".join(sorted(read - set(cases.missing[i])))
     cols: dict = {"case_id": cases.ids, "inputs": used}
     for b in branches:
         ok = np.array([u is None or b in u for u in plan], dtype=bool)
