@@ -1,5 +1,6 @@
 """After training: the model a run reports is evaluated on every partition it has, with its test-time views; the
-predictions, the metrics of every output, the Scheme-1 weighting (chapter 5) and the results table follow.
+predictions, the metrics of every output, the Scheme-1 weighting (chapter 5) and the results table follow, then the
+calibration (ECE before and after temperature scaling) and the worst-group gap of the reported output.
 
 Which model: the averaged weights where the recipe averages (``swa.ckpt``), else the best checkpoint by the
 reported output's validation score. The choice depends only on what training left in ``checkpoints/``, so a run
@@ -7,12 +8,15 @@ stopped anywhere after training and run again evaluates the same model and write
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from skinlesion.provenance import write_json, write_npz, write_parquet
 from skinlesion.swa import WeightAveraging
+
+log = logging.getLogger(__name__)
 
 
 def evaluated_checkpoint(trainer) -> tuple[str | None, str | None, WeightAveraging | None]:
@@ -56,6 +60,7 @@ def evaluate(cfg: DictConfig, out: Path, trainer, module, dm, params: dict) -> d
     if trainer.global_rank == 0 and cfg.model.get("search") == "scheme1" and "val" in metrics:
         fusion_scheme1(out, metrics, dm.info.dataset)
     if trainer.global_rank == 0:
+        metrics.update(case_summary(out, metrics, getattr(dm, "table", None)))
         write_json(out / "metrics.json", metrics)
         print(results_table(metrics, dm.info), flush=True)
         log_final_metrics(trainer, metrics)
@@ -77,6 +82,42 @@ def fusion_scheme1(out: Path, metrics: dict, dataset: str) -> None:
         if part in metrics and path.is_file():
             metrics[part]["searched"] = evaluate_predictions(read_predictions(path), "searched", dataset)
     metrics["reported"] = "searched"
+
+
+def case_summary(out: Path, metrics: dict, table=None) -> dict:
+    """``calibration`` (ECE, Brier, NLL of the reported output's first task, before and after a temperature fitted
+    on validation) and ``subgroups`` (its BAC per subgroup and the worst-group gap, from the data module's
+    ``CaseTable``) on the test partition, or validation where there is none. A failure here is recorded in words
+    and logged; it does not stop a finished run from writing its metrics."""
+    from skinlesion.evaluation import calibration as C
+    from skinlesion.evaluation import predictions as P
+    from skinlesion.evaluation import subgroups as S
+
+    split = "test" if "test" in metrics else "val"
+    reported = metrics["reported"]
+
+    def frame(part, required=True):
+        path = out / ("search" if reported == "searched" else "predictions") / (
+            f"{part}_fused.parquet" if reported == "searched" else f"{part}.parquet")
+        if not path.is_file() and required:
+            raise FileNotFoundError(f"no {path} to score the {reported!r} output on")
+        return P.read_predictions(path) if path.is_file() else None
+
+    result: dict = {}
+    try:
+        scored = frame(split)
+        val = frame("val", required=False) if split == "test" else None
+        result["calibration"] = C.final_calibration(val, scored, reported, split)
+        if table is not None:
+            attrs = S.align(S.subgroup_frame(table).set_index("case_id"), scored["case_id"],
+                            S.attribute_names(table.dataset))
+            task = P.task_names(scored)[0]
+            gaps = S.point_gaps(P.targets(scored)[task], P.combine(scored, reported)[task], attrs)
+            result["subgroups"] = {"split": split, "output": reported, "task": task, **gaps}
+    except Exception as e:  # the extras must not cost a finished run its metrics
+        log.warning("calibration / subgroup summary not computed: %s: %s", type(e).__name__, e)
+        result.setdefault("calibration", {"error": f"{type(e).__name__}: {e}"})
+    return result
 
 
 def results_table(metrics: dict, info) -> str:

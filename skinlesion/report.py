@@ -3,6 +3,8 @@
 Collects every run under the sweep directories, evaluates the saved predictions offline, and writes
 thesis-style tables (all requested formats), statistics, figures, machine-readable summaries and a
 self-contained ``report.html``. Missing, failed and incomplete jobs are listed, never dropped.
+Case-level sections follow: calibration (before and after temperature scaling), bootstrap intervals, subgroups,
+the paired bootstrap beside the Wilcoxon tests, and the scores with an input withheld.
 With ``--wandb`` the tables and figures are also logged to one W&B run in the sweep's group.
 """
 from __future__ import annotations
@@ -12,20 +14,27 @@ import base64
 import html
 import json
 import os
+import re
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from skinlesion.evaluation import bootstrap as BS
+from skinlesion.evaluation import calibration as CAL
 from skinlesion.evaluation import figures as F
+from skinlesion.evaluation import subgroups as SG
 from skinlesion.evaluation import tables as TB
-from skinlesion.evaluation.aggregate import (PRIMARY_SPLIT, REPORTED_SPLITS, collect_jobs, evaluate_jobs,
-                                             order_methods, problems_frame, summarise)
+from skinlesion.evaluation.aggregate import (PRIMARY_SPLIT, REPORTED_SPLITS, case_level, case_split, collect_jobs,
+                                             evaluate_jobs, order_methods, problems_frame, robustness_records,
+                                             summarise)
 from skinlesion.evaluation.stats import (NO_BACKBONE, THESIS_METHODS, compare_methods, image_backbones,
-                                         pair_backbone_free, select_methods)
+                                         pair_backbone_free, paired_bootstrap, select_methods)
 
 METRIC_LABEL = {"bac": "BAC", "avg_acc": "AVG ACC", "avg_auc": "AVG AUC"}
 
@@ -49,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="methods compared by Friedman and Wilcoxon: 'thesis' (default: the eight of Tables "
                          f"4.4-4.6, {', '.join(THESIS_METHODS)}; every method when a sweep has fewer than two of "
                          "them), 'all', or a comma-separated list of method labels")
+    ap.add_argument("--no-case-level", action="store_true",
+                    help="skip the case-level sections (calibration, bootstrap intervals, subgroups, paired bootstrap)")
+    ap.add_argument("--bootstrap", type=int, default=BS.RESAMPLES, metavar="N",
+                    help=f"case-level bootstrap resamples for BAC and ACC (default {BS.RESAMPLES})")
+    ap.add_argument("--bootstrap-auc", type=int, default=BS.AUC_RESAMPLES, metavar="N",
+                    help=f"resamples for AUC, the costly score (default {BS.AUC_RESAMPLES}; at most --bootstrap)")
+    ap.add_argument("--bootstrap-seed", type=int, default=BS.SEED, metavar="SEED", help="seed of the resamples")
+    ap.add_argument("--min-subgroup", type=int, default=SG.MIN_SIZE, metavar="N",
+                    help=f"subgroups with fewer cases are listed as too small, not scored (default {SG.MIN_SIZE})")
+    ap.add_argument("--ece-bins", type=int, default=CAL.N_BINS, metavar="N",
+                    help=f"equal-width confidence bins of the ECE and reliability diagrams (default {CAL.N_BINS})")
     ap.add_argument("--wandb", action="store_true",
                     help="also log the tables and figures to one W&B run (job type 'report') in the sweep's "
                          "group; offline when no API key is configured")
@@ -66,23 +86,68 @@ def _img(path: Path) -> str:
     return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.name)}"><figcaption>{html.escape(path.name)}</figcaption></figure>'
 
 
+@dataclass
+class Details:
+    """Report items shown folded (``<details>``) in report.html; their tables and figures are written as usual."""
+    summary: str
+    items: list = field(default_factory=list)
+
+
+@dataclass
+class Note:
+    """A line of text in a section of report.html."""
+    text: str
+
+
+def _flat(items: list) -> list:
+    return [x for it in items for x in (_flat(it.items) if isinstance(it, Details) else [it])]
+
+
+def _slug(title: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "-", title.lower()).strip("-")
+
+
+def _item_html(it) -> str:
+    if isinstance(it, TB.Table):
+        return f"<div class='scroll'>{TB.to_html(it)}</div>"
+    if isinstance(it, Note):
+        return f"<p class='note'>{html.escape(it.text)}</p>"
+    if isinstance(it, Details):
+        inner = "\n".join(_item_html(x) for x in it.items)
+        return f"<details><summary>{html.escape(it.summary)}</summary>{inner}</details>"
+    return _img(it)
+
+
 def _html(sections: list[tuple[str, list]], problems: TB.Table, meta: dict) -> str:
     css = ("body{font-family:sans-serif;margin:2em;max-width:1600px} table{border-collapse:collapse;margin:.5em 0;font-size:12px}"
            "td,th{border:1px solid #bbb;padding:3px 6px;text-align:center} th{background:#eee}"
            "td:first-child{text-align:left} .notes{font-size:11px;color:#555} img{max-width:100%}"
-           ".warn{background:#fff3cd;padding:.5em 1em;border:1px solid #e0c36b}")
+           ".warn{background:#fff3cd;padding:.5em 1em;border:1px solid #e0c36b} .scroll{overflow-x:auto}"
+           "nav ul{columns:2;font-size:13px} .note{font-size:13px;color:#333;max-width:70em}"
+           "details{margin:.5em 0} summary{cursor:pointer;color:#225}")
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>skinlesion report</title><style>{css}</style></head><body>",
              "<h1>skinlesion report</h1>",
              f"<p>Generated {html.escape(meta['generated'])} from: {html.escape(', '.join(meta['sweeps']))}<br>"
              f"{meta['n_ok']} completed runs evaluated; {meta['n_problems']} missing/failed/incomplete.</p>"]
+    links = "".join(f"<li><a href='#{_section_id(t)}'>{html.escape(t)}</a></li>" for t, _ in sections)
+    parts.append(f"<nav><ul>{links}</ul></nav>")
     parts.append("<div class='warn'>" + TB.to_html(problems) + "</div>" if problems.rows
                  else "<p>No missing or failed runs.</p>")
     for title, items in sections:
-        parts.append(f"<h2>{html.escape(title)}</h2>")
+        parts.append(f"<h2 id='{_section_id(title)}'>{html.escape(title)}</h2>")
         for it in items:
-            parts.append(TB.to_html(it) if isinstance(it, TB.Table) else _img(it))
+            parts.append(_item_html(it))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+# sections addressed by fixed anchors (report.html#calibration and so on)
+SECTION_IDS = {"Calibration": "calibration", "Bootstrap intervals": "intervals", "Subgroups": "subgroups",
+               "Robustness: inputs withheld": "robustness"}
+
+
+def _section_id(title: str) -> str:
+    return SECTION_IDS.get(title) or _slug(title)
 
 
 def _best_by(records, best_by: str) -> str:
@@ -97,7 +162,13 @@ def _best_by(records, best_by: str) -> str:
 
 def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[str], compare: bool = True,
                 figures: bool = True, tsne: bool = True, with_holm: bool = True, layout: str = "canonical",
-                best_by: str = "auto", stats_methods: str = "thesis") -> dict:
+                best_by: str = "auto", stats_methods: str = "thesis", case_sections: bool = True,
+                bootstrap: int = BS.RESAMPLES, bootstrap_auc: int = BS.AUC_RESAMPLES, bootstrap_seed: int = BS.SEED,
+                min_subgroup: int = SG.MIN_SIZE, ece_bins: int = CAL.N_BINS) -> dict:
+    for name, value in (("--bootstrap", bootstrap), ("--bootstrap-auc", bootstrap_auc),
+                        ("--min-subgroup", min_subgroup), ("--ece-bins", ece_bins)):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
     jobs, notes = collect_jobs(sweep_dirs)
     records, details = evaluate_jobs(jobs)
     problems = problems_frame(jobs)
@@ -111,6 +182,13 @@ def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[s
     main_tables: list[TB.Table] = []
     stats_tables: list[TB.Table] = []
     stats_out = {}
+    timings: dict[str, float] = {}
+    cl, chosen_by = None, {}
+    if case_sections:
+        started = time.perf_counter()
+        cl = case_level(jobs, records, bootstrap, bootstrap_auc, bootstrap_seed, min_subgroup, ece_bins)
+        notes += cl.errors
+        timings["case_level"] = time.perf_counter() - started
 
     for ds, mm in _groups(records):
         items: list = []
@@ -141,6 +219,16 @@ def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[s
             items.append(st)
             stats_tables.append(st)
             stats_out[f"{ds}_{primary}_{mm}"] = res
+            chosen_by[(ds, mm)] = chosen
+        if cl is not None and len(chosen) >= 2:   # the case-level view of the same pairs, beside the Wilcoxon table
+            started = time.perf_counter()
+            cs = case_split(ds)
+            have = [m for m in chosen if (ds, m) in cl.main]
+            pairs = paired_bootstrap({m: cl.main[(ds, m)] for m in have}, have, cl.settings["level"], with_holm)
+            items.append(TB.paired_table(pairs, ds, cs, mm, cl.settings, with_holm))
+            stats_out[f"paired_bootstrap_{ds}_{cs}_{mm}"] = {"split": cs, "methods": have, "settings": cl.settings,
+                                                             "pairs": pairs}
+            timings["paired"] = timings.get("paired", 0.0) + time.perf_counter() - started
         if ds == "derm7pt":
             if mm == "avg_acc":
                 for split in [s for s in splits if s == "test"] or splits:
@@ -167,13 +255,26 @@ def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[s
             items += _confusion_and_tsne(jobs, prec, details, ds, mm, primary, fdir, tsne)
         sections.append((f"{TB.DATASET_NAME.get(ds, ds)} — main metric {METRIC_LABEL.get(mm, mm)}", items))
 
+    started = time.perf_counter()
+    rob, rob_notes = robustness_records(jobs, records)
+    notes += rob_notes
+    sections += _case_sections(records, cl, rob, chosen_by, fdir if figures else None)
+    rob.to_csv(out / "robustness_runs.csv", index=False)
+    if cl is not None:
+        cl.calibration.to_csv(out / "calibration_runs.csv", index=False)
+        cl.headline.to_csv(out / "bootstrap_runs.csv", index=False)
+        cl.subgroups.to_csv(out / "subgroups_runs.csv", index=False)
+        cl.subgroup_methods.to_csv(out / "subgroups_methods.csv", index=False)
+        cl.gaps.to_csv(out / "subgroup_gaps.csv", index=False)
+    timings["sections"] = time.perf_counter() - started
+
     weights = TB.searched_weights_table(jobs)
     if weights is not None:
         sections.append(("FusionM4Net weights", [weights]))
     params = TB.params_table(jobs)
     sections.append(("Parameters", [params]))
     ptable = TB.problems_table(problems)
-    all_tables = [it for _, items in sections for it in items if isinstance(it, TB.Table)] + [ptable]
+    all_tables = [it for _, items in sections for it in _flat(items) if isinstance(it, TB.Table)] + [ptable]
     for t in all_tables:
         written += TB.write_table(t, tdir, formats)
 
@@ -187,11 +288,95 @@ def make_report(sweep_dirs: Sequence[str | Path], out: Path, formats: Sequence[s
             "n_ok": int(sum(j.ok for j in jobs)), "n_problems": int(len(problems)), "notes": notes}
     (out / "report.json").write_text(json.dumps({**meta, "problems": problems.to_dict("records"),
                                                  "summary": json.loads(summary.to_json(orient="records")),
-                                                 "stats": stats_out}, indent=2))
+                                                 "stats": stats_out, "case_level": cl.settings if cl else None},
+                                                indent=2, default=_json_default))
     (out / "report.html").write_text(_html(sections, ptable, meta))
     return {"out": out, "main_tables": main_tables, "stats_tables": stats_tables, "problems": ptable, "notes": notes,
-            "files": written, "tables": all_tables, "figures": [it for _, items in sections for it in items if isinstance(it, Path)],
-            "jobs": jobs}
+            "files": written, "tables": all_tables,
+            "figures": [it for _, items in sections for it in _flat(items) if isinstance(it, Path)], "jobs": jobs,
+            "timings": timings}
+
+
+def _json_default(x):
+    """numpy scalars in the paired results."""
+    if hasattr(x, "item"):
+        return x.item()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+RELIABILITY_PANELS = 8   # reliability diagrams per dataset: the compared methods' best runs, at most this many
+FOREST_METHODS = 4       # methods per forest plot: the compared methods with the highest mean main score
+
+
+def _case_sections(records: pd.DataFrame, cl, rob: pd.DataFrame, chosen_by: dict, fdir: Path | None
+                   ) -> list[tuple[str, list]]:
+    """The Calibration, Bootstrap intervals, Subgroups and Robustness sections, one block per dataset."""
+    cal, head, sub, robust = [], [], [], []
+    for ds, mm in _groups(records):
+        name = TB.DATASET_NAME.get(ds, ds)
+        cs = case_split(ds)
+        rec = records[(records.dataset == ds) & (records.main_metric == mm) & (records.split == cs)]
+        methods = order_methods(rec["method"])
+        chosen = chosen_by.get((ds, mm)) or methods
+        r = rob[(rob.dataset == ds) & (rob.main_metric == mm)]
+        if (r.condition != "all inputs").any():
+            robust.append(TB.robustness_table(rob, ds, mm))
+        else:
+            robust.append(Note(f"{name}: no run saved predictions with an input withheld "
+                               "(robustness/test_<condition>.parquet)."))
+        if cl is None:
+            continue
+        st = cl.settings
+        c = cl.calibration[cl.calibration.dataset == ds] if len(cl.calibration) else cl.calibration
+        if len(c):
+            cal.append(TB.calibration_table(CAL.summarise_runs(c, ["dataset", "split", "method", "task"]), ds, cs, st))
+            shown = [m for m in chosen if (ds, m) in cl.reliability][:RELIABILITY_PANELS]
+            if fdir is not None and shown:
+                items = {m: {**cl.reliability[(ds, m)], "label": f"{m}: best run"} for m in shown}
+                cal.append(F.reliability_figure(items, st["n_bins"], f"{name} {cs}: reliability of each method's best "
+                                                f"run ({next(iter(items.values()))['task']}, top label)",
+                                                fdir / f"reliability_{ds}_{mm}_{cs}.png"))
+        if len(cl.headline_methods):
+            head.append(TB.headline_table(cl.headline_methods, ds, cs, mm, st))
+        sub += _subgroup_items(cl, ds, mm, cs, rec, chosen, fdir)
+    out = []
+    if cl is not None:
+        out += [("Calibration", cal or [Note("No predictions to calibrate.")]),
+                ("Bootstrap intervals", head or [Note("No predictions to resample.")]),
+                ("Subgroups", sub or [Note("No predictions to score by subgroup.")])]
+    out.append(("Robustness: inputs withheld", robust))
+    return out
+
+
+def _subgroup_items(cl, ds: str, mm: str, cs: str, rec: pd.DataFrame, chosen: list[str], fdir: Path | None) -> list:
+    name = TB.DATASET_NAME.get(ds, ds)
+    st = cl.settings
+    missing = cl.without_subgroups.get(ds, [])
+    items: list = []
+    sm = cl.subgroup_methods[(cl.subgroup_methods.dataset == ds) & (cl.subgroup_methods.split == cs)]
+    if sm.empty:
+        items.append(Note(f"{name}: {SG.NOT_SAVED} ({len(missing)} run(s)); runs save subgroups.csv since subgroup "
+                          "analysis was added."))
+        return items
+    attributes = [a for a in SG.attribute_names(ds) if a in set(sm["attribute"])]
+    shown = [m for m in chosen if m in set(sm["method"])]
+    folded = []
+    for attr in attributes:
+        items.append(TB.subgroup_table(sm, cl.gaps, ds, cs, attr, "bac", shown, st))
+        folded += [TB.subgroup_table(sm, cl.gaps, ds, cs, attr, m, shown, st) for m in ("acc", "auc")]
+    if fdir is not None:
+        means = rec.groupby("method")["score"].mean()
+        top = sorted(shown, key=lambda m: -means.get(m, float("-inf")))[:FOREST_METHODS]
+        rows = sm[(sm.metric == "bac") & sm.method.isin(top)]
+        items.append(F.forest_figure(rows, attributes, top, f"{name} {cs}: BAC by subgroup with "
+                                     f"{round(100 * st['level'])}% bootstrap intervals ({len(top)} best methods)",
+                                     "BAC (%)", fdir / f"forest_{ds}_{mm}_{cs}.png"))
+    items.append(Details(f"{name}: ACC and AUC by subgroup", folded))
+    if missing:
+        items.append(Details(f"{name}: {len(missing)} run(s) with {SG.NOT_SAVED}", [TB.Table(
+            f"{ds}_runs_without_subgroups", f"{name}: runs without subgroups.csv", ["Run", "Status"],
+            [[r, SG.NOT_SAVED] for r in missing])]))
+    return items
 
 
 def _no_runs_message(dirs, problems: pd.DataFrame) -> str:
@@ -291,8 +476,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         res = make_report(args.sweep_dirs, out, formats, compare=not args.no_thesis, figures=not args.no_figures,
                           tsne=not args.no_tsne, with_holm=not args.no_holm, layout=args.layout,
-                          best_by=args.best_by, stats_methods=args.stats_methods)
-    except (FileNotFoundError, LookupError) as e:
+                          best_by=args.best_by, stats_methods=args.stats_methods,
+                          case_sections=not args.no_case_level, bootstrap=args.bootstrap,
+                          bootstrap_auc=args.bootstrap_auc, bootstrap_seed=args.bootstrap_seed,
+                          min_subgroup=args.min_subgroup, ece_bins=args.ece_bins)
+    except (FileNotFoundError, LookupError, ValueError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2
     if args.wandb:

@@ -76,8 +76,9 @@ def loggers(cfg: DictConfig, ident: dict, wandb_id: str | None = None) -> list:
 
 def wandb_summary(metrics: dict) -> dict[str, float | None]:
     """Final (TTA) metrics as flat W&B summary keys: ``final/<part>/<output>/<task>/<bac|acc|auc>``, the
-    averages ``final/<part>/<output>/<avg_acc|avg_bac|avg_auc>`` and ``final/<part>/main`` (the reported
-    output's ranking score)."""
+    averages ``final/<part>/<output>/<avg_acc|avg_bac|avg_auc>``, ``final/<part>/main`` (the reported
+    output's ranking score) and, where metrics.json has them, the reported output's ``final/<part>/ece`` (and
+    ``ece_ts`` after temperature scaling), ``final/<part>/worst_group_gap`` and ``final/<part>/group_gap/<attr>``."""
     from skinlesion.evaluation.metrics import main_score
 
     out: dict[str, float | None] = {}
@@ -92,6 +93,15 @@ def wandb_summary(metrics: dict) -> dict[str, float | None]:
                 if m.get(k) is not None:
                     out[f"final/{part}/{combo}/{k}"] = m[k]
         out[f"final/{part}/main"] = main_score(metrics[part][metrics["reported"]], metrics["main_metric"])
+    cal, sub = metrics.get("calibration") or {}, metrics.get("subgroups") or {}
+    for key in ("ece", "ece_ts"):   # the reported output's first task (final_evaluation.case_summary)
+        if cal.get(key) is not None:
+            out[f"final/{cal['split']}/{key}"] = cal[key]
+    if sub.get("worst_group_gap") is not None:
+        out[f"final/{sub['split']}/worst_group_gap"] = sub["worst_group_gap"]
+        for attr, v in sub.get("attributes", {}).items():
+            if v.get("gap") is not None:
+                out[f"final/{sub['split']}/group_gap/{attr}"] = v["gap"]
     return out
 
 

@@ -35,7 +35,7 @@ from hydra.types import RunMode
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import skinlesion.config  # noqa: F401  (registers the config resolvers)
 from skinlesion import checkpoints, lifecycle, locks, resume, tracking
@@ -58,6 +58,7 @@ def run(cfg: DictConfig, out: Path, state: dict | None = None, plan: resume.Resu
     """One training job; returns the metrics written to ``out/metrics.json``. ``state`` receives the trainer (so an
     interrupted job can say how far it got); ``plan`` says where training continues from (a checkpoint whose
     training is finished goes straight to the evaluation); ``wandb_id`` is the run's W&B run."""
+    from skinlesion.evaluation.subgroups import subgroup_frame
     from skinlesion.final_evaluation import evaluate
     from skinlesion.models import parameter_report
 
@@ -69,6 +70,7 @@ def run(cfg: DictConfig, out: Path, state: dict | None = None, plan: resume.Resu
     log.info("parameters: %s", params)
     if rank_zero_only.rank == 0:
         write_csv(out / "folds.csv", dm.fold_frame())
+        write_csv(out / "subgroups.csv", subgroup_frame(dm.table))   # so the report needs no dataset
 
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):   # the switch wins over the configured bar

@@ -58,13 +58,13 @@ def test_report_pad_sweep(tmp_path, capsys):
             assert (out / "tables" / f"{name}.{f}").exists(), (name, f)
     assert "\\pm" in (out / "tables" / "pad_ufes_val_bac_backbones.tex").read_text()
     for fig in ("bar_pad_ufes_bac_val.png", "bar_pad_ufes_bac_test.png", "confusion_pad_ufes_bac_val.png",
-                "tsne_pad_ufes_bac.png"):
+                "tsne_pad_ufes_bac.png", "reliability_pad_ufes_bac_test.png", "forest_pad_ufes_bac_test.png"):
         assert (out / "figures" / fig).stat().st_size > 1000
     stats = json.loads((out / "stats" / "pad_ufes_val_bac.json").read_text())
     assert stats["methods"] == ["Image", "JIF-MMFA(OFB)", "JIF-MMFA(All)"] and len(stats["pairs"]) == 3
     assert stats["friedman"]["n_blocks"] == 2
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "No missing or failed runs" in page
+    assert page.count("data:image/png;base64,") == 6 and "No missing or failed runs" in page
     assert "JIF-MMFA(All)" in page
     assert pd.read_csv(out / "missing.csv").empty
 
@@ -273,3 +273,101 @@ def test_metadata_only_runs_pair_by_fold_with_every_backbone_and_join_the_figure
     box, page = fig._suptitle.get_window_extent(fig.canvas.get_renderer()), fig.bbox
     assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= page.y1      # the whole title is on the figure
     assert fig._suptitle.get_text().replace("\n", " ") == drawn["title"]
+
+
+def test_report_case_level_sections(tmp_path, capsys):
+    """Calibration, bootstrap intervals, subgroups, the paired bootstrap beside Wilcoxon and the robustness table,
+    from a small simulated sweep: tables in every format, sections in report.html, per-run CSVs."""
+    sweep = make_sweep(tmp_path / "pad", "pad_ufes", models=("image_only", "jf_cat", "jif_mmfa"), runs=(0, 1, 2),
+                       n_val=120, n_test=200, robustness=("no_meta",))
+    out = tmp_path / "rep"
+    assert main([str(sweep), "--out", str(out), "--format", "md,csv,tex", "--no-tsne", "--bootstrap", "300",
+                 "--bootstrap-auc", "100", "--min-subgroup", "40"]) == 0
+    for name in ("pad_ufes_test_calibration", "pad_ufes_test_bac_intervals", "pad_ufes_test_bac_paired_bootstrap",
+                 "pad_ufes_test_bac_robustness", "pad_ufes_test_subgroups_sex_bac", "pad_ufes_test_subgroups_age_auc"):
+        for f in ("md", "csv", "tex"):
+            assert (out / "tables" / f"{name}.{f}").is_file(), (name, f)
+    cal = pd.read_csv(out / "tables" / "pad_ufes_test_calibration.csv", dtype=str, keep_default_na=False)
+    cal = cal.set_index("Method")
+    assert cal.loc["JIF-MMFA(All)", "ECE (TS)"] == "—" and "no logits" in cal.loc["JIF-MMFA(All)", "note"]
+    assert cal.loc["Image", "T"] != "—" and cal.loc["Image", "runs"] == "3"
+    # the per-run calibration is recomputed here for one run and agrees with the table's inputs
+    runs = pd.read_csv(out / "calibration_runs.csv")
+    assert len(runs) == 3 * 4 and set(runs["method"]) == {"Image", "JF-CAT", "JIF-MMFA(OFB)", "JIF-MMFA(All)"}
+    rob = pd.read_csv(out / "tables" / "pad_ufes_test_bac_robustness.csv", dtype=str).set_index("Method")
+    assert rob.loc["JF-CAT", "no meta"] == "—" and rob.loc["Image", "no meta"] == rob.loc["Image", "all inputs"]
+    jif_no_meta = float(rob.loc["JIF-MMFA(All)", "no meta"].split(" ")[0])
+    assert jif_no_meta < float(rob.loc["JIF-MMFA(All)", "all inputs"].split(" ")[0])   # simulated: weaker without
+    sex = pd.read_csv(out / "tables" / "pad_ufes_test_subgroups_sex_bac.csv", dtype=str).set_index("Group")
+    assert list(sex.columns) == ["n", "Image", "JF-CAT", "JIF-MMFA(OFB)", "JIF-MMFA(All)"]
+    assert sex.loc["unknown", "Image"] == "too small" and int(sex.loc["unknown", "n"]) < 40 <= int(sex.loc["male", "n"])
+    assert "[" in sex.loc["female", "Image"] and "gap (best − worst)" in sex.index
+    paired = pd.read_csv(out / "tables" / "pad_ufes_test_bac_paired_bootstrap.csv", dtype=str)
+    assert len(paired) == 6 and {"p (bootstrap)", "p (Wilcoxon)", "p (Holm)"} <= set(paired.columns)
+    head = pd.read_csv(out / "bootstrap_runs.csv")
+    main_rows = head[(head.task == "main") & head.reported]
+    recs = pd.read_csv(out / "runs.csv")
+    test_scores = recs[recs.split == "test"].set_index(["run", "method"])["score"]
+    for r in main_rows.itertuples():   # the bootstrap's observed value is the report's own score
+        assert r.value == pytest.approx(test_scores[(r.run, r.method)]) and r.lo < r.value < r.hi
+    page = (out / "report.html").read_text()
+    for anchor in ("calibration", "intervals", "subgroups", "robustness"):
+        assert f"<h2 id='{anchor}'>" in page and f"href='#{anchor}'" in page
+    wilcoxon, paired_at = page.index("pad_ufes_val_bac_stats"), page.index("pad_ufes_test_bac_paired_bootstrap")
+    assert 0 < paired_at - wilcoxon < 20000   # the paired table follows the Wilcoxon table
+    reliability = page.index("reliability_pad_ufes_bac_test.png")
+    assert page.index("id='calibration'") < reliability < page.index("id='intervals'")
+
+    # runs saved before subgroup attributes existed: listed, not an error; --no-case-level drops the sections
+    for f in sweep.glob("*/subgroups.csv"):
+        f.unlink()
+    assert main([str(sweep), "--out", str(tmp_path / "old"), "--format", "csv", "--no-figures"]) == 0
+    assert "no subgroup attributes saved (9 run(s))" in (tmp_path / "old" / "report.html").read_text()
+    assert main([str(sweep), "--out", str(tmp_path / "none"), "--format", "csv", "--no-figures",
+                 "--no-case-level"]) == 0
+    assert not (tmp_path / "none" / "tables" / "pad_ufes_test_calibration.csv").exists()
+    assert (tmp_path / "none" / "tables" / "pad_ufes_test_bac_robustness.csv").exists()
+    capsys.readouterr()
+    assert main([str(sweep), "--out", str(tmp_path / "bad"), "--bootstrap", "0"]) == 2
+    assert "--bootstrap must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_bar_chart_from_zero_legend_clear_and_no_band_under_titles(tmp_path, monkeypatch):
+    """The bar chart's value axis starts at 0 and its legend covers no bar; a figure title sits just above its
+    panels."""
+    from skinlesion.evaluation import figures as F
+
+    kept = []
+    monkeypatch.setattr(F, "_save", lambda fig, path: kept.append(fig) or path)
+    summary = pd.DataFrame({"backbone": "Average", "method": ["Image", "JF-CAT", "JIF-MMFA(All)"],
+                            "mean": [0.62, 0.71, 0.80], "std": [0.02, 0.03, 0.01], "best": [0.65, 0.74, 0.81],
+                            "n": [5, 5, 5]})
+    F.bar_figure(summary, "BAC per method", "BAC (%)", tmp_path / "bar.png")
+    fig = kept.pop()
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    legend = ax.get_legend().get_window_extent(renderer)
+    bars = [p.get_window_extent(renderer) for p in ax.patches]
+    assert ax.get_ylim()[0] == 0 and len(bars) == 3
+    assert not any(legend.overlaps(b) for b in bars) and legend.x0 >= ax.get_window_extent(renderer).x1
+    F.confusion_figure({m: np.eye(6) + 0.1 for m in ("Image", "JF-CAT", "JIF-MMFA(OFB)")}, list("abcdef"),
+                       "PAD-UFES-20 val, densenet: confusion matrices", tmp_path / "cm.png")
+    fig = kept.pop()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    top = max(a.get_tightbbox(renderer).y1 for a in fig.axes if a.axison)
+    assert 0 <= title.y0 - top < 0.2 * fig.dpi   # under 0.2 inch between the panels and their title
+
+
+def test_a_broken_run_is_left_out_of_the_case_level_sections_with_a_note(tmp_path, capsys):
+    sweep = make_sweep(tmp_path / "pad", "pad_ufes", models=("image_only", "jf_cat"), runs=(0, 1), n_test=80)
+    (sweep / "1" / "subgroups.csv").write_text("id,sex\nt0000,male\n")   # no case_id column
+    out = tmp_path / "rep"
+    assert main([str(sweep), "--out", str(out), "--format", "csv", "--no-figures", "--bootstrap", "50"]) == 0
+    stdout = capsys.readouterr().out
+    assert "note: " + str((sweep / "1").resolve()) + ": left out of the case-level sections (ValueError:" in stdout
+    assert "no case_id column" in stdout
+    cal = pd.read_csv(out / "calibration_runs.csv")
+    assert sorted(set(cal["run"])) == sorted(str((sweep / j).resolve()) for j in ("0", "2", "3"))

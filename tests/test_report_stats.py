@@ -51,7 +51,8 @@ def table4_2_report(tmp_path_factory):
 
 def test_friedman_over_the_eight_and_wilcoxon_per_pair(table4_2_report, capsys):
     sweep, out, scores = table4_2_report
-    assert main([str(sweep), "--out", str(out), "--format", "md,csv", "--no-figures"]) == 0
+    # the case-level sections are tested on smaller sweeps (test_report.py, test_subgroups.py)
+    assert main([str(sweep), "--out", str(out), "--format", "md,csv", "--no-figures", "--no-case-level"]) == 0
     stdout = capsys.readouterr().out
     assert "Friedman over 8 methods (" + ", ".join(EIGHT) + ") × 24 complete blocks" in stdout
     assert "| Pair | n |" in stdout and "| JF-MB - JF-MN | 24 |" in stdout and "| Image - JF-CAT | 25 |" in stdout

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -25,8 +26,11 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob
 
+from . import bootstrap as B
+from . import calibration as C
 from . import predictions as P
-from .metrics import evaluate_predictions, main_score
+from . import subgroups as S
+from .metrics import evaluate_predictions, evaluate_probs, main_score
 from .thesis_data import backbone_label, backbone_order
 
 REPORTED_SPLITS = {"pad_ufes": ["val", "test"], "isic2019": ["val"], "derm7pt": ["test"]}
@@ -392,3 +396,327 @@ def problems_frame(jobs: Sequence[Job]) -> pd.DataFrame:
              "sweep": str(j.sweep) if j.sweep else "", "reason": j.reason or ""}
             for j in jobs if not j.ok]
     return pd.DataFrame(rows, columns=["status", "job", "path", "sweep", "reason"])
+
+
+# ------------------------------------------------------------------------------ case-level sections
+
+# the split whose cases the calibration, bootstrap and subgroup sections resample: the fixed test set where the
+# dataset has one, else the validation folds
+CASE_SPLIT = {"pad_ufes": "test", "isic2019": "val", "derm7pt": "test"}
+ROBUSTNESS_CONDITIONS = ("no_meta", "no_clinic", "no_derm")
+
+
+def case_split(dataset: str | None) -> str:
+    return CASE_SPLIT.get(dataset, "test" if "test" in REPORTED_SPLITS.get(dataset, ["val", "test"]) else "val")
+
+
+def reported_label(job: Job, pred_branches: Sequence[str]) -> str:
+    """The display label of the output a run reports (``run.json`` ``reported``; the first output without one)."""
+    outputs = run_outputs(job, pred_branches)
+    return next((label for label, comb in outputs if comb == job.info.get("reported")), outputs[0][0])
+
+
+@dataclass
+class CaseLevel:
+    """Per-run and per-method results of the case-level sections (see :func:`case_level`)."""
+    calibration: pd.DataFrame          # (run, method, task): scores before/after temperature scaling
+    headline: pd.DataFrame             # (run, method, task, metric): value and its bootstrap interval
+    headline_methods: pd.DataFrame     # (dataset, method, task, metric): mean over runs, interval of that mean
+    subgroups: pd.DataFrame            # (run, method, attribute, group, metric): value, interval, n
+    subgroup_methods: pd.DataFrame     # (dataset, method, attribute, group, metric)
+    gaps: pd.DataFrame                 # (dataset, method, attribute, metric): worst-group gap of the method's means
+    main: dict                         # (dataset, method) -> {(backbone, block): (1 + R,) main-metric resamples}
+    reliability: dict                  # (dataset, method) -> best run's main-task probabilities before/after
+    without_subgroups: dict            # dataset -> [run paths without subgroups.csv]
+    settings: dict
+    errors: list[str]                  # runs left out of these sections, and why
+
+
+def _main_resamples(main_metric: str, task_arrays: dict, class_auc: dict, dataset: str | None) -> np.ndarray:
+    """The run's ranking score per resample, as :func:`metrics.main_score` computes it on the observed data."""
+    if main_metric in ("bac", "avg_bac"):
+        return B.nanmean(np.stack([a["bac"] for a in task_arrays.values()]), axis=0)
+    if main_metric == "avg_acc":
+        return B.nanmean(np.stack([a["acc"] for a in task_arrays.values()]), axis=0)
+    if main_metric == "avg_auc" and dataset == "derm7pt":
+        from skinlesion.data.tasks import DERM7PT_AUC_CATEGORIES
+
+        rows = [class_auc[t][c] for t, c in DERM7PT_AUC_CATEGORIES if t in class_auc and c in class_auc[t]]
+        return B.nanmean(np.stack(rows), axis=0)
+    raise ValueError(f"no bootstrap of main metric {main_metric!r} for dataset {dataset!r}")
+
+
+def _num(x) -> float | None:
+    return None if x is None or np.isnan(x) else float(x)
+
+
+class _CaseLevelPass:
+    """The accumulators of :func:`case_level`, filled one run output at a time."""
+
+    def __init__(self, settings: dict, best: dict, weights: dict | None = None) -> None:
+        self.settings, self.best = settings, best
+        self.errors: list[str] = []
+        self.cal_rows, self.head_rows, self.sub_rows = [], [], []
+        self.head_acc, self.sub_acc = B.MeanOverRuns(), B.MeanOverRuns()
+        self.sub_n: dict = {}
+        self.main: dict = {}
+        self.reliability: dict = {}
+        self.without: dict[str, list[str]] = {}
+        self.weights: dict[int, tuple[np.ndarray, np.ndarray]] = {} if weights is None else weights
+
+    def resamples(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The case set's resample weights (all resamples, and the first ones for AUC), drawn once per case set."""
+        key = B.case_set_key(ids)
+        if key not in self.weights:
+            st = self.settings
+            w = B.resample_counts(len(ids), st["resamples"], st["seed"], key)
+            self.weights[key] = (w, np.ascontiguousarray(w[:, :st["auc_resamples"] + 1]))
+        return self.weights[key]
+
+    def add_run(self, job: Job) -> None:
+        ds, split = job.dataset, case_split(job.dataset)
+        frames: dict[Path, pd.DataFrame] = {}
+        first = _frame(job, split, None, frames)
+        if first is None:
+            return
+        attrs = S.read_attributes(job.path)
+        if attrs is None:
+            self.without.setdefault(ds, []).append(str(job.path))
+        reported = reported_label(job, P.branches(first))
+        for label, comb in run_outputs(job, P.branches(first)):
+            df = _frame(job, split, comb, frames)
+            if df is None:
+                continue
+            base = {"run": str(job.path), "dataset": ds, "split": split, "method": label,
+                    "backbone": job.info.get("backbone"), "block": job.block, "reported": label == reported}
+            val = _frame(job, "val", comb, frames) if split == "test" else None
+            self.add_output(job, base, df, val, comb, attrs)
+
+    def add_output(self, job: Job, base: dict, df: pd.DataFrame, val: pd.DataFrame | None, comb: str,
+                   attrs: pd.DataFrame | None) -> None:
+        st, ds, label = self.settings, base["dataset"], base["method"]
+        probs, ys = P.combine(df, comb), P.targets(df)
+        classes = P.task_classes(df, comb if comb in P.branches(df) and comb not in ("all", "all_logits") else None)
+        # calibration, the temperature fitted on validation where the scored split is test
+        z_test, z_val, y_val, note = C.logits_for(df, val, comb, base["split"])
+        temperature = {}
+        for t, prob in probs.items():
+            fit = (z_test[t], z_val[t], y_val[t]) if z_test else (None,) * 3
+            rec = C.calibrate(prob, ys[t], *fit, n_bins=st["n_bins"], note=note)
+            temperature[t] = rec["temperature"]
+            self.cal_rows.append({**base, "task": t, **rec})
+        main_task = next(iter(probs))
+        if self.best.get((ds, label)) == base["run"]:
+            t = temperature[main_task]
+            self.reliability[(ds, label)] = {
+                "run": base["run"], "task": main_task, "y": ys[main_task], "prob": probs[main_task],
+                "temperature": t, "prob_ts": None if t is None else C.apply_temperature(z_test[main_task], t)}
+        # bootstrap: the resample weights are indexed by sorted case id, so the cases are put in that order
+        ids = df["case_id"].to_numpy()
+        perm = np.argsort(ids, kind="stable")
+        w, w_auc = self.resamples(ids[perm])
+        task_arrays, class_auc = {}, {}
+        for t, prob in probs.items():
+            y, p = ys[t][perm], prob[perm]
+            bac, acc = B.grouped_bac_acc(w, y, p.argmax(axis=1), p.shape[1])
+            per_class = B.class_aucs(w_auc, y, p)[:, 0]
+            class_auc[t] = dict(zip(classes[t], per_class))
+            task_arrays[t] = {"bac": bac[0], "acc": acc[0], "auc": B.nanmean(per_class, axis=0)}
+        main_metric = job.info.get("main_metric") or "bac"
+        score = _main_resamples(main_metric, task_arrays, class_auc, ds)
+        self.main.setdefault((ds, label), {}).setdefault((base["backbone"], base["block"]), []).append(score)
+        rows = [(t, m, a) for t, arrs in task_arrays.items() for m, a in arrs.items()] + [("main", main_metric, score)]
+        if len(task_arrays) > 1:   # the averages over tasks (AVG AUC: derm7pt's 17 categories)
+            rows += [("AVG", m, B.nanmean(np.stack([a[m] for a in task_arrays.values()]), axis=0))
+                     for m in ("bac", "acc")]
+            if ds == "derm7pt":
+                rows.append(("AVG", "auc", _main_resamples("avg_auc", task_arrays, class_auc, ds)))
+        for t, m, a in rows:
+            self.head_acc.add((ds, base["split"], label, t, m), a)
+            self.head_rows.append({**base, "task": t, "metric": m, **B.summary(a, st["level"])})
+        if attrs is not None:
+            self.add_subgroups(base, attrs, ids[perm], ys[main_task][perm], probs[main_task][perm], main_task, w,
+                               w_auc)
+
+    def add_subgroups(self, base, attrs, ids, y, prob, task, w, w_auc) -> None:
+        st = self.settings
+        aligned = S.align(attrs, ids, S.attribute_names(base["dataset"]))
+        for attr, res in S.group_scores(w, w_auc, y, prob, aligned, st["min_size"]).items():
+            keys = [(base["dataset"], base["split"], base["method"], attr, grp) for grp in res["groups"]]
+            for k, n in zip(keys, res["n"]):
+                self.sub_n.setdefault(k, []).append(int(n))
+            for metric in ("bac", "acc", "auc"):
+                lo, hi = B.intervals(res[metric][:, 1:], st["level"])
+                for i, k in enumerate(keys):
+                    if res["scored"][i]:
+                        self.sub_acc.add((*k, metric), res[metric][i])
+                    self.sub_rows.append({**base, "task": task, "attribute": attr, "group": k[4], "n": int(res["n"][i]),
+                                          "scored": bool(res["scored"][i]), "metric": metric,
+                                          "value": _num(res[metric][i, 0]), "lo": _num(lo[i]), "hi": _num(hi[i])})
+
+    def merge(self, other: "_CaseLevelPass") -> None:
+        """Add another pass's runs (a worker's share) to this one."""
+        self.cal_rows += other.cal_rows
+        self.head_rows += other.head_rows
+        self.sub_rows += other.sub_rows
+        self.head_acc.merge(other.head_acc)
+        self.sub_acc.merge(other.sub_acc)
+        for k, v in other.sub_n.items():
+            self.sub_n.setdefault(k, []).extend(v)
+        for k, blocks in other.main.items():
+            for b, arrays in blocks.items():
+                self.main.setdefault(k, {}).setdefault(b, []).extend(arrays)
+        self.reliability.update(other.reliability)
+        for k, v in other.without.items():
+            self.without.setdefault(k, []).extend(v)
+        self.errors += other.errors
+
+    def result(self) -> CaseLevel:
+        level = self.settings["level"]
+        head_m = _method_means(self.head_acc, ["dataset", "split", "method", "task", "metric"], level)
+        sub_m, gaps = _subgroup_means(self.sub_acc, self.sub_n, level)
+        cols_sub = ["run", "dataset", "split", "method", "backbone", "block", "reported", "task", "attribute", "group",
+                    "n", "scored", "metric", "value", "lo", "hi"]
+        return CaseLevel(pd.DataFrame(self.cal_rows), pd.DataFrame(self.head_rows), head_m,
+                         pd.DataFrame(self.sub_rows, columns=cols_sub), sub_m, gaps, self.main, self.reliability,
+                         self.without, self.settings, self.errors)
+
+
+def case_level(jobs: Sequence[Job], records: pd.DataFrame, resamples: int | None = None,
+               auc_resamples: int | None = None, seed: int | None = None, min_size: int | None = None,
+               n_bins: int | None = None, level: float | None = None, workers: int | None = None) -> CaseLevel:
+    """Calibration, bootstrap intervals and subgroup scores of every evaluated run output on its dataset's
+    :data:`CASE_SPLIT`, aggregated per method. One pass over the runs; each case set's resamples are drawn once.
+    The reliability inputs are kept for each method's best run on that split (by its main metric). Larger sweeps are
+    shared among ``workers`` threads (default: one per usable CPU, at least :data:`RUNS_PER_WORKER` runs each); the
+    results are the same either way, up to the order of floating-point sums."""
+    resamples = B.RESAMPLES if resamples is None else int(resamples)
+    auc_resamples = min(resamples, B.AUC_RESAMPLES if auc_resamples is None else int(auc_resamples))
+    settings = {"resamples": resamples, "auc_resamples": auc_resamples, "seed": B.SEED if seed is None else seed,
+                "min_size": S.MIN_SIZE if min_size is None else min_size,
+                "n_bins": C.N_BINS if n_bins is None else n_bins,
+                "level": B.LEVEL if level is None else level}
+    if resamples < 1 or auc_resamples < 1:
+        raise ValueError(f"bootstrap resamples must be at least 1, got {resamples} and {auc_resamples} (AUC)")
+    scored = records[(records.split == records.dataset.map(case_split)) & records.score.notna()]
+    best = {k: g.loc[g["score"].idxmax(), "run"] for k, g in scored.groupby(["dataset", "method"])}
+    by_path = {str(j.path): j for j in jobs if j.ok}
+    runs = [by_path[r] for r in dict.fromkeys(records["run"]) if r in by_path]
+    workers = min(_usable_cpus() if workers is None else int(workers), len(runs) // RUNS_PER_WORKER)
+    if workers <= 1:
+        return _case_level_share(settings, best, runs).result()
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Threads, not processes: the heavy steps (sparse products, sorts, cumulative sums, parquet reads) release the
+    # GIL, and threads need no picklable state or guarded main module. Contiguous shares, merged in order, so the
+    # rows come out in run order as without workers.
+    shares = [list(part) for part in np.array_split(np.array(runs, dtype=object), workers)]
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(_case_level_share, [settings] * workers, [best] * workers, shares))
+    for part in parts[1:]:
+        parts[0].merge(part)
+    return parts[0].result()
+
+
+RUNS_PER_WORKER = 8   # fewer runs per thread: not worth the split
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:   # not on Linux
+        return os.cpu_count() or 1
+
+
+def _case_level_share(settings: dict, best: dict, runs: Sequence[Job]) -> "_CaseLevelPass":
+    acc = _CaseLevelPass(settings, best)
+    for job in runs:
+        # each run into a pass of its own, kept only when complete: a broken artefact leaves no partial rows
+        one = _CaseLevelPass(settings, best, acc.weights)
+        try:
+            one.add_run(job)
+        except Exception as e:  # one unreadable run is reported, not fatal
+            acc.errors.append(f"{job.path}: left out of the case-level sections ({type(e).__name__}: {e})")
+            continue
+        acc.merge(one)
+    return acc
+
+
+def _method_means(acc, keys: list[str], level: float) -> pd.DataFrame:
+
+    rows = []
+    for key in acc.keys():
+        rows.append({**dict(zip(keys, key)), "runs": acc.runs[key], **B.summary(acc.mean(key), level)})
+    return pd.DataFrame(rows, columns=[*keys, "runs", "value", "lo", "hi"])
+
+
+def _subgroup_means(acc, sizes: dict, level: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per (dataset, split, method, attribute, group, metric): the mean over runs with its interval, the group's
+    size per run (min and max) and whether it was too small; per attribute the worst-group gap of those means."""
+    rows, gap_rows = [], []
+    by_attr: dict = {}
+    for k, ns in sizes.items():
+        by_attr.setdefault(k[:4], []).append((k[4], min(ns), max(ns)))
+    for (ds, split, method, attr), groups in by_attr.items():
+        for metric in ("bac", "acc", "auc"):
+            arrays, names, scored = [], [], []
+            for grp, n_min, n_max in groups:
+                key = (ds, split, method, attr, grp, metric)
+                ok = key in acc.sums
+                arr = acc.mean(key) if ok else None
+                rows.append({"dataset": ds, "split": split, "method": method, "attribute": attr, "group": grp,
+                             "metric": metric, "n_min": n_min, "n_max": n_max, "too_small": not ok,
+                             "runs": acc.runs.get(key, 0),
+                             **(B.summary(arr, level) if ok else {"value": None, "lo": None, "hi": None})})
+                if ok:
+                    arrays.append(arr)
+                    names.append(grp)
+                    scored.append(True)
+            if arrays:
+                d, best, worst = S.gap(np.stack(arrays), names, np.array(scored))
+                gap_rows.append({"dataset": ds, "split": split, "method": method, "attribute": attr,
+                                 "metric": metric, "best": best, "worst": worst, **B.summary(d, level)})
+    cols = ["dataset", "split", "method", "attribute", "group", "metric", "n_min", "n_max", "too_small", "runs",
+            "value", "lo", "hi"]
+    return (pd.DataFrame(rows, columns=cols),
+            pd.DataFrame(gap_rows, columns=["dataset", "split", "method", "attribute", "metric", "best", "worst",
+                                            "value", "lo", "hi"]))
+
+
+def robustness_records(jobs: Sequence[Job], records: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Main metric of every run's reported output with each input withheld (``robustness/test_<condition>.parquet``,
+    the reported output's columns only), beside its score with all inputs (the test predictions); and notes naming
+    files that could not be read."""
+    rows, notes = [], []
+    test = records[records.split == "test"]
+    by_path = {str(j.path): j for j in jobs if j.ok}
+    for run, g in test.groupby("run", sort=False):
+        job = by_path.get(run)
+        if job is None:
+            continue
+        names = job.info.get("branches") or P.branches(P.read_predictions(_predictions_path(job, "test")))
+        label = reported_label(job, names)
+        hit = g[g.method == label]
+        if hit.empty:
+            continue
+        r = hit.iloc[0]
+        base = {"run": run, "dataset": r["dataset"], "main_metric": r["main_metric"], "method": label,
+                "backbone": r["backbone"], "block": r["block"]}
+        rows.append({**base, "condition": "all inputs", "score": r["score"]})
+        for cond in ROBUSTNESS_CONDITIONS:
+            path = job.path / "robustness" / f"test_{cond}.parquet"
+            if not path.is_file():
+                continue
+            try:
+                df = P.read_predictions(path)
+                names = P.branches(df)
+                if len(names) != 1:
+                    raise ValueError(f"expected the reported output's columns only, found outputs {names}")
+                m = evaluate_probs(P.targets(df), P.branch_probs(df, names[0]), P.task_classes(df, names[0]),
+                                   r["dataset"])
+            except Exception as e:  # one unreadable file is reported, not fatal
+                notes.append(f"{path}: not evaluated ({type(e).__name__}: {e})")
+                continue
+            rows.append({**base, "condition": cond, "score": main_score(m, r["main_metric"])})
+    cols = ["run", "dataset", "main_metric", "method", "backbone", "block", "condition", "score"]
+    return pd.DataFrame(rows, columns=cols), notes

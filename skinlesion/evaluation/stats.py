@@ -9,6 +9,9 @@ states its n. The Wilcoxon test is exact for n ≤ 50 untied, non-zero differenc
 p-values are exact-null values, e.g. 2/2^25); when zero differences or tied |differences| make the
 exact null distribution inapplicable, the normal approximation is used instead and the row says so.
 Holm-adjusted p-values are added as an extra column; the thesis applies no correction.
+
+:func:`paired_bootstrap` adds a case-level view of the same pairs: the paired bootstrap of the mean difference on
+the evaluated cases (:mod:`skinlesion.evaluation.bootstrap`), beside the Wilcoxon test over the same blocks.
 """
 from __future__ import annotations
 
@@ -208,3 +211,30 @@ def compare_methods(records: pd.DataFrame, block_cols: Sequence[str], methods: S
     if lost:
         notes.append("Wilcoxon not exact for: " + ", ".join(lost))
     return result
+
+
+def paired_bootstrap(blocks: dict, methods: Sequence[str], level: float = 0.95, with_holm: bool = True) -> list[dict]:
+    """Paired bootstrap of every pair of ``methods`` beside the Wilcoxon test over the same blocks.
+
+    ``blocks[method]`` maps a block ``(backbone, fold or seed)`` to that block's (1 + R,) main-score resamples (one
+    array per run; duplicates are averaged). Blocks match on fold or seed and on backbone, a method without an image
+    backbone matching every backbone (as :func:`pair_backbone_free`)."""
+    from .bootstrap import paired_difference
+
+    def matched(a: str, b: str) -> list[tuple]:
+        return [(ka, kb) for ka in blocks.get(a, {}) for kb in blocks.get(b, {})
+                if ka[1] == kb[1] and (ka[0] == kb[0] or NO_BACKBONE in (ka[0], kb[0]))]
+
+    rows = []
+    for a, b in itertools.combinations(methods, 2):
+        pairs = matched(a, b)
+        xa = [np.mean(blocks[a][ka], axis=0) for ka, _ in pairs]
+        xb = [np.mean(blocks[b][kb], axis=0) for _, kb in pairs]
+        row = {"a": a, "b": b, **paired_difference(xa, xb, level)}
+        w = wilcoxon_pair(np.array([x[0] for x in xa]), np.array([x[0] for x in xb]))
+        row.update(wilcoxon_p=w["p"], wilcoxon_exact=w["exact"], note=w["note"] or "")
+        rows.append(row)
+    if with_holm:
+        for row, p in zip(rows, holm([r["p"] for r in rows])):
+            row["p_holm"] = p
+    return rows

@@ -23,6 +23,7 @@ from skinlesion.data.tasks import DERM7PT_AUC_CATEGORIES, DERM7PT_MELANOMA_CATEG
 
 from . import thesis_data as T
 from .aggregate import order_backbones, order_methods
+from .subgroups import group_order
 
 # thesis tables holding backbone × method BAC cells, and the matching Wilcoxon table
 BACKBONE_TABLES = {("pad_ufes", "bac", "val"): ["table4_1", "table4_7"],
@@ -453,6 +454,186 @@ def _g(x):
 
 def _p(x):
     return "–" if x is None else f"{x:.3g}"
+
+
+# ------------------------------------------------------------------------------ case-level tables
+
+MISSING = "—"   # an entry that does not exist (a condition a method cannot answer), as against "–" (undefined)
+METRIC_NAME = {"bac": "BAC", "acc": "ACC", "auc": "AUC", "avg_acc": "AVG ACC", "avg_bac": "BAC", "avg_auc": "AVG AUC"}
+
+
+def _ok(x) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
+def fmt_ci(value, lo, hi) -> str:
+    """A fraction and its interval in %: ``72.3 [68.1, 76.0]``."""
+    if not _ok(value):
+        return "–"
+    return f"{_pct(value)} [{_pct(lo)}, {_pct(hi)}]" if _ok(lo) and _ok(hi) else _pct(value)
+
+
+def fmt_mean_std(mean, std, digits: int = 3, scale: float = 1.0) -> str:
+    if not _ok(mean):
+        return "–"
+    return f"{scale * mean:.{digits}f}" + (f" ± {scale * std:.{digits}f}" if _ok(std) else "")
+
+
+def _bootstrap_note(settings: Mapping, auc: bool = True) -> str:
+    level = round(100 * settings["level"])
+    text = (f"[..] = {level}% percentile interval of a case-level bootstrap ({settings['resamples']} resamples"
+            + (f"; AUC {settings['auc_resamples']}" if auc else "") + f"; seed {settings['seed']}).")
+    return text
+
+
+def calibration_table(summary: pd.DataFrame, dataset: str, split: str, settings: Mapping) -> Table:
+    """ECE, Brier and NLL before and after temperature scaling, mean ± sample std over runs, per method (and task
+    where the dataset has several)."""
+    s = summary[(summary.dataset == dataset) & (summary.split == split)]
+    multi = s["task"].nunique() > 1
+    rows = []
+    for method in order_methods(s["method"]):
+        for r in s[s.method == method].itertuples():
+            ts = r.runs_ts > 0
+            cells = [method] + ([r.task] if multi else []) + [str(r.runs)]
+            partly = "" if r.runs_ts == r.runs else f"temperature in {r.runs_ts} of {r.runs} runs; {r.note}"
+            cells += [fmt_mean_std(r.ece, r.ece_std, 1, 100),
+                      fmt_mean_std(r.ece_ts, r.ece_ts_std, 1, 100) if ts else MISSING,
+                      fmt_mean_std(r.brier, r.brier_std), fmt_mean_std(r.brier_ts, r.brier_ts_std) if ts else MISSING,
+                      fmt_mean_std(r.nll, r.nll_std), fmt_mean_std(r.nll_ts, r.nll_ts_std) if ts else MISSING,
+                      fmt_mean_std(r.temperature, r.temperature_std, 2) if ts else MISSING, partly if ts else r.note]
+            rows.append(cells)
+    notes = [f"ECE: top-label expected calibration error, {settings['n_bins']} equal-width confidence bins, in %. "
+             "Brier: multi-class (sum over classes of squared errors, 0 best, 2 worst). "
+             "NLL: mean negative log-likelihood.",
+             "TS: after temperature scaling, one temperature T per run, output and task, fitted on the validation "
+             f"predictions by minimising NLL and applied to {SPLIT_NAME.get(split, split)}; "
+             f"{MISSING}: no temperature (see note)."]
+    return Table(f"{dataset}_{split}_calibration",
+                 f"{DATASET_NAME.get(dataset, dataset)} {SPLIT_NAME.get(split, split)}: calibration before and after "
+                 "temperature scaling, mean ± sample std over runs",
+                 ["Method"] + (["Task"] if multi else []) + ["runs", "ECE", "ECE (TS)", "Brier", "Brier (TS)", "NLL",
+                                                             "NLL (TS)", "T", "note"], rows, notes)
+
+
+def headline_table(headline: pd.DataFrame, dataset: str, split: str, main_metric: str, settings: Mapping) -> Table:
+    """BAC, ACC and AUC of every method (per task where there are several, then their averages), mean over runs with
+    the bootstrap interval of that mean."""
+    h = headline[(headline.dataset == dataset) & (headline.split == split)]
+    cell = {(r.method, r.task, r.metric): (r.value, r.lo, r.hi, r.runs) for r in h.itertuples()}
+    tasks = [t for t in dict.fromkeys(h["task"]) if t != "main"]
+    multi = len(tasks) > 1
+    rows = []
+    for method in order_methods(h["method"]):
+        for t in tasks:
+            got = [cell.get((method, t, m)) for m in ("bac", "acc", "auc")]
+            if not any(got):
+                continue
+            runs = next(g[3] for g in got if g)
+            rows.append([method] + ([t] if multi else []) + [str(runs)]
+                        + [fmt_ci(*g[:3]) if g else "–" for g in got])
+    main = METRIC_NAME.get(main_metric, main_metric)
+    notes = [_bootstrap_note(settings),
+             "Value: mean over runs of each run's score; interval: of that mean, resampling the evaluated cases (the "
+             "same resamples for every run on the same cases), so it reflects the finite test set, not training "
+             "variation.", f"Main metric: {main}" + (" (the AVG rows; AVG AUC = mean of the 17 non-absent categories)"
+                                                     if multi and dataset == "derm7pt" else "") + ".",
+             "Per-run values and intervals: bootstrap_runs.csv."]
+    return Table(f"{dataset}_{split}_{main_metric}_intervals",
+                 f"{DATASET_NAME.get(dataset, dataset)} {SPLIT_NAME.get(split, split)}: BAC, ACC and AUC (%) with "
+                 f"{round(100 * settings['level'])}% bootstrap intervals",
+                 ["Method"] + (["Task"] if multi else []) + ["runs", "BAC", "ACC", "AUC"], rows, notes)
+
+
+def subgroup_table(sub: pd.DataFrame, gaps: pd.DataFrame, dataset: str, split: str, attribute: str, metric: str,
+                   methods: Sequence[str], settings: Mapping) -> Table:
+    """One attribute: its groups as rows (size, then the score [interval] of each method), the worst-group gap
+    (best − worst group) [interval] and the worst group last."""
+    s = sub[(sub.dataset == dataset) & (sub.split == split) & (sub.attribute == attribute) & (sub.metric == metric)]
+    g = gaps[(gaps.dataset == dataset) & (gaps.split == split) & (gaps.attribute == attribute)
+             & (gaps.metric == metric)]
+    methods = [m for m in methods if m in set(s["method"])]
+    cell = {(r.method, r.group): r for r in s.itertuples()}
+    rows = []
+    for grp in group_order(s["group"]):
+        ref = next((cell[(m, grp)] for m in methods if (m, grp) in cell), None)
+        if ref is None:
+            continue
+        n = str(ref.n_min) if ref.n_min == ref.n_max else f"{ref.n_min}–{ref.n_max}"
+        row = [grp, n]
+        for m in methods:
+            r = cell.get((m, grp))
+            row.append(MISSING if r is None else
+                       "too small" if r.too_small else fmt_ci(r.value, r.lo, r.hi))
+        rows.append(row)
+    gap = {r.method: r for r in g.itertuples()}
+    rows.append(["gap (best − worst)", ""] + [fmt_ci(gap[m].value, gap[m].lo, gap[m].hi) if m in gap else "–"
+                                              for m in methods])
+    rows.append(["worst / best group", ""] + [f"{gap[m].worst} / {gap[m].best}" if m in gap and _ok(gap[m].value)
+                                              else "–" for m in methods])
+    name = METRIC_NAME.get(metric, metric)
+    notes = [_bootstrap_note(settings, metric == "auc") + " Each run's cases are resampled as a whole, so a group's "
+             "size varies between resamples.",
+             f"Main task only; value: mean over runs; n: cases of the group on the {SPLIT_NAME.get(split, split)} "
+             f"split (a range where runs differ); too small: under {settings['min_size']} cases, not scored.",
+             "Gap: best minus worst scored group's value, 'unknown' left out; its interval comes from the same "
+             "resamples. No correction for the number of groups, attributes or methods compared."]
+    return Table(f"{dataset}_{split}_subgroups_{attribute}_{metric}",
+                 f"{DATASET_NAME.get(dataset, dataset)} {SPLIT_NAME.get(split, split)}: {name} (%) by {attribute}",
+                 ["Group", "n"] + list(methods), rows, notes)
+
+
+def paired_table(pairs: Sequence[Mapping], dataset: str, split: str, main_metric: str, settings: Mapping,
+                 with_holm: bool = True) -> Table:
+    """Paired bootstrap of each method pair's mean difference beside the Wilcoxon test over the same blocks."""
+    rows = []
+    for r in pairs:
+        rows.append([f"{r['a']} - {r['b']}", str(r["n_blocks"]),
+                     "–" if r["diff"] is None else f"{100 * r['diff']:+.1f}",
+                     "–" if r["lo"] is None else f"[{100 * r['lo']:+.1f}, {100 * r['hi']:+.1f}]", _p(r["p"]),
+                     *([_p(r.get("p_holm"))] if with_holm else []), _p(r.get("wilcoxon_p")), r.get("note") or ""])
+    floor = 2 / (settings["resamples"] + 1)
+    notes = ["Δ = mean over matched blocks (backbone × fold or seed) of A − B, "
+             f"{METRIC_NAME.get(main_metric, main_metric)} in points. "
+             + _bootstrap_note(settings, main_metric == "avg_auc"),
+             "Paired: both methods' runs are scored on the same resampled cases; blocks on the same cases share "
+             "their resamples. p (bootstrap): two-sided, from the resampled differences (smallest possible "
+             f"{floor:.2g}). This tests the finite test set, not the training runs: the Wilcoxon test treats the "
+             "blocks as the sample.",
+             "Wilcoxon: signed-rank test over the same blocks and split (exact where possible)."
+             + (" Holm: Holm-adjusted bootstrap p over the pairs of this table." if with_holm else
+                " No multiple-comparison correction.")]
+    return Table(f"{dataset}_{split}_{main_metric}_paired_bootstrap",
+                 f"{DATASET_NAME.get(dataset, dataset)} {SPLIT_NAME.get(split, split)} "
+                 f"{METRIC_NAME.get(main_metric, main_metric)}: paired bootstrap of method differences and Wilcoxon",
+                 ["Pair", "blocks", "Δ", "95% CI" if settings["level"] == 0.95 else "CI", "p (bootstrap)",
+                  *(["p (Holm)"] if with_holm else []), "p (Wilcoxon)", "note"], rows, notes)
+
+
+def robustness_table(records: pd.DataFrame, dataset: str, main_metric: str) -> Table:
+    """Main metric of each method's reported output with all inputs and with each input withheld, mean ± sample
+    std over runs; ``—`` where the method cannot answer without that input."""
+    r = records[(records.dataset == dataset) & (records.main_metric == main_metric)]
+    conditions = ["all inputs"] + [c for c in ("no_meta", "no_clinic", "no_derm") if c in set(r["condition"])]
+    rows = []
+    for method in order_methods(r["method"]):
+        g = r[r.method == method]
+        row = [method]
+        n_all = int((g.condition == "all inputs").sum())
+        for c in conditions:
+            v = g[g.condition == c]["score"].dropna().to_numpy(dtype=float)
+            if not len(v):
+                row.append(MISSING)
+                continue
+            row.append(fmt_stat(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None, len(v), n_all))
+        rows.append(row)
+    return Table(f"{dataset}_test_{main_metric}_robustness",
+                 f"{DATASET_NAME.get(dataset, dataset)} test {METRIC_NAME.get(main_metric, main_metric)} (%) of the "
+                 "reported output with an input withheld, mean ± sample std over runs",
+                 ["Method"] + [c.replace("_", " ") for c in conditions], rows,
+                 ["no meta / no clinic / no derm: the metadata, the clinical or the dermoscopic image withheld from "
+                  f"every case. {MISSING}: the method cannot answer without that input (no predictions saved).",
+                  "(n=k): runs with that condition where the method has a different number of runs with all inputs."])
 
 
 def problems_table(problems: pd.DataFrame) -> Table:
