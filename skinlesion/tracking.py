@@ -19,12 +19,20 @@ def identity(cfg: DictConfig) -> dict:
     """What a run is, as recorded in run.json and used to name and tag its W&B run."""
     from skinlesion.evaluation.stats import NO_BACKBONE
 
-    return {"dataset": cfg.data.dataset, "model": cfg.model.name, "method": cfg.model.method,
+    return {"dataset": cfg.data.dataset, "model": cfg.model.name, "method": method_label(cfg),
             "backbone": cfg.backbone.name if cfg.model.net.arch != "meta_only" else NO_BACKBONE,
             "drop_path_rate": cfg.backbone.get("drop_path_rate") if cfg.model.net.arch != "meta_only" else None,
             "fold": None if cfg.data.dataset == "derm7pt" else int(cfg.data.fold), "seed": int(cfg.seed),
             "experiment": cfg.get("group"), "reported": cfg.model.report,
             **({"role": cfg.role} if cfg.get("role") else {})}   # e.g. FusionM4Net's stage-1 sub model
+
+
+def method_label(cfg: DictConfig) -> str:
+    """The method's display name; a run trained with input dropout is another method, named with it (e.g.
+    ``JF-CAT[meta drop 0.3]``), so tables and statistics keep the two apart."""
+    drop = {x: float(p) for x, p in (cfg.model.get("input_dropout") or {}).items() if float(p) > 0}
+    return cfg.model.method + ("[" + ", ".join(f"{x} drop {p:g}" for x, p in sorted(drop.items())) + "]"
+                               if drop else "")
 
 
 def _tags(ident: dict, extra) -> list[str]:

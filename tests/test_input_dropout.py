@@ -141,3 +141,13 @@ def test_the_sweep_preset_compares_with_and_without_dropout(tmp_path):
         assert cfg.group == "input_dropout" and cfg.data.dataset == "pad_ufes" and cfg.robustness
         drops.add(float(cfg.model.input_dropout.meta))
     assert drops == {0.0, 0.3}
+
+
+def test_a_dropout_run_is_its_own_method_in_run_json_and_the_report(runs):
+    from skinlesion.evaluation.aggregate import collect_jobs, evaluate_jobs
+
+    methods = {k: json.loads((r / "run.json").read_text())["method"] for k, r in runs.items()}
+    assert methods == {"plain": "JF-CAT", "dropout": "JF-CAT[meta drop 0.5]"}
+    jobs, _ = collect_jobs([r for r in runs.values()])
+    records, _ = evaluate_jobs(jobs)
+    assert set(records["method"]) == {"JF-CAT", "JF-CAT[meta drop 0.5]"}
