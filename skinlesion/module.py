@@ -79,8 +79,8 @@ class MultiTaskModule(L.LightningModule):
         # data.augment_on=device: the DataModule's device augmentation (train.build_module sets it). A plain object,
         # not a submodule, so checkpoints keep their keys.
         self.batch_augment = None
-        # model.input_dropout: per input, the probability that a training case goes without it (checked in
-        # skinlesion.config against what the network reads); branch_inputs says which branches lose the case.
+        # model.input_dropout: per input, the probability that a training case goes without it; branch_inputs says
+        # which branches lose the case. Only an input a fused branch reads with another can be dropped.
         self.input_dropout = {x: float(p) for x, p in (input_dropout or {}).items() if float(p) > 0}
         self.branch_inputs = {b: tuple(need) for b, need in (branch_inputs or {}).items()}
         self.seed = int(seed)
@@ -111,11 +111,10 @@ class MultiTaskModule(L.LightningModule):
         parts = {}
         for b, w in self.branch_weights.items():
             keep = None
-            if absent:
-                need = self.branch_inputs.get(b, ())
-                lost = torch.stack([absent[x] if x in absent else torch.zeros_like(target[:, 0], dtype=torch.bool)
-                                    for x in need]).all(0) if need else None
-                keep = None if lost is None else ~lost
+            need = self.branch_inputs.get(b, ())
+            if absent and need:   # the cases that kept at least one input this branch reads
+                every = torch.ones_like(target[:, 0], dtype=torch.bool)
+                keep = torch.stack([~absent[x] if x in absent else every for x in need]).any(0)
             parts[b] = sum(self._cross_entropy(logits[b][t.name].float(), target[:, j], getattr(self, f"cw_{j}"), keep)
                            for j, t in enumerate(self.info.tasks))
         total = sum(w * parts[b] for b, w in self.branch_weights.items() if w)

@@ -323,7 +323,7 @@ def _case_sections(records: pd.DataFrame, cl, rob: pd.DataFrame, chosen_by: dict
             robust.append(TB.robustness_table(rob, ds, mm))
         else:
             robust.append(Note(f"{name}: no run saved predictions with an input withheld "
-                               "(robustness/test_<condition>.parquet)."))
+                               "(robustness/<split>_<condition>.parquet)."))
         if cl is None:
             continue
         st = cl.settings

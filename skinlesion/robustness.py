@@ -1,9 +1,9 @@
-"""Missing-input robustness: after training, the run's test cases are predicted again with one input withheld at a
-time (the metadata, the clinical image, the dermoscopic image), through the prediction path
-(:func:`skinlesion.predict.inference.predict_cases`), so the numbers say what a clinic without that input would get
-from this model. Written to ``robustness/test_no_<input>.parquet`` in the saved predictions' schema (``case_id``,
-``target/<task>``, ``prob/<reported output>/<task>/<class>``); an input the model cannot answer without has no file
-and is listed in ``robustness/withheld.json``."""
+"""Missing-input robustness: after training, the run's test cases (ISIC-2019, which has no test split: its validation
+fold) are predicted again with one input withheld at a time (the metadata, the clinical image, the dermoscopic
+image), through the prediction path (:func:`skinlesion.predict.inference.predict_cases`), so the numbers say what a
+clinic without that input would get from this model. Written to ``robustness/<split>_no_<input>.parquet`` in the
+saved predictions' schema (``case_id``, ``target/<task>``, ``prob/<reported output>/<task>/<class>``); an input the
+model cannot answer without has no file and is listed in ``robustness/withheld.json``."""
 from __future__ import annotations
 
 import logging
@@ -24,16 +24,17 @@ def condition(x: str) -> str:
 
 
 def withhold_inputs(out: Path, dm, device: str = "cpu", batch_size: int = 32) -> dict[str, str]:
-    """Write the run's test predictions with each input it reads withheld; returns input -> file or the reason
-    there is none."""
+    """Write the run's test (else validation) predictions with each input it reads withheld; returns input -> file
+    or the reason there is none."""
     from skinlesion.predict.cases import Cases
     from skinlesion.predict.inference import answering_branches, predict_cases
     from skinlesion.predict.model import load_predictor
 
-    if not dm.has_partition("test"):
+    split = "test" if dm.has_partition("test") else "val"
+    if not dm.has_partition(split):
         return {}
     pred = load_predictor(out, device)
-    rows = np.flatnonzero(np.asarray(dm.partition) == "test")
+    rows = np.flatnonzero(np.asarray(dm.partition) == split)
     done: dict[str, str] = {}
     for x in sorted(pred.reads):
         name = condition(x)
@@ -55,10 +56,10 @@ def withhold_inputs(out: Path, dm, device: str = "cpu", batch_size: int = 32) ->
         for t, classes in pred.payload["tasks"].items():
             for k, c in enumerate(classes):
                 cols[f"prob/{pred.output}/{t}/{c}"] = reported[t][:, k]
-        write_parquet(out / "robustness" / f"test_{name}.parquet", pd.DataFrame(cols))
+        write_parquet(out / "robustness" / f"{split}_{name}.parquet", pd.DataFrame(cols))
         skipped = frame.attrs.get("skipped", 0)
-        done[x] = (f"robustness/test_{name}.parquet (from {'+'.join(branches)})"
+        done[x] = (f"robustness/{split}_{name}.parquet (from {'+'.join(branches)})"
                    + (f"; {skipped} case(s) left out: they lack another input too" if skipped else ""))
-    write_json(out / "robustness" / "withheld.json", {"output": pred.output, "inputs": done})
+    write_json(out / "robustness" / "withheld.json", {"output": pred.output, "split": split, "inputs": done})
     log.info("missing-input robustness: %s", "; ".join(f"without {x}: {v}" for x, v in done.items()))
     return done

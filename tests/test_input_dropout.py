@@ -151,3 +151,18 @@ def test_a_dropout_run_is_its_own_method_in_run_json_and_the_report(runs):
     jobs, _ = collect_jobs([r for r in runs.values()])
     records, _ = evaluate_jobs(jobs)
     assert set(records["method"]) == {"JF-CAT", "JF-CAT[meta drop 0.5]"}
+
+
+def test_isic_runs_withhold_inputs_on_their_validation_fold_and_the_report_reads_it(isic_root, tmp_path):
+    """ISIC-2019 has no test split: its robustness files and table use the validation fold, as its other sections."""
+    from skinlesion.evaluation.aggregate import collect_jobs, evaluate_jobs, robustness_records
+
+    run = train(["data=isic2019", f"data.root={isic_root}", "model=jif_cat", "trainer.limit_train_batches=1",
+                 "tta=none"], tmp_path / "run")
+    assert sorted(p.name for p in (run / "robustness").glob("*.parquet")) == ["val_no_derm.parquet",
+                                                                            "val_no_meta.parquet"]
+    jobs, _ = collect_jobs([run])
+    records, _ = evaluate_jobs(jobs)
+    rob, notes = robustness_records(jobs, records)
+    assert not notes and set(rob["split"]) == {"val"}
+    assert set(rob["condition"]) == {"all inputs", "no_meta", "no_derm"} and rob["score"].notna().all()

@@ -684,27 +684,28 @@ def _subgroup_means(acc, sizes: dict, level: float) -> tuple[pd.DataFrame, pd.Da
 
 
 def robustness_records(jobs: Sequence[Job], records: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Main metric of every run's reported output with each input withheld (``robustness/test_<condition>.parquet``,
-    the reported output's columns only), beside its score with all inputs (the test predictions); and notes naming
-    files that could not be read."""
+    """Main metric of every run's reported output with each input withheld (``robustness/<split>_<condition>.parquet``,
+    the reported output's columns only), beside its score with all inputs (the same split's predictions: test, or
+    validation where the dataset has no test split); and notes naming files that could not be read."""
     rows, notes = [], []
-    test = records[records.split == "test"]
     by_path = {str(j.path): j for j in jobs if j.ok}
-    for run, g in test.groupby("run", sort=False):
+    for run, g in records.groupby("run", sort=False):
         job = by_path.get(run)
         if job is None:
             continue
-        names = job.info.get("branches") or P.branches(P.read_predictions(_predictions_path(job, "test")))
+        split = "test" if (g.split == "test").any() else "val"
+        g = g[g.split == split]
+        names = job.info.get("branches") or P.branches(P.read_predictions(_predictions_path(job, split)))
         label = reported_label(job, names)
         hit = g[g.method == label]
         if hit.empty:
             continue
         r = hit.iloc[0]
-        base = {"run": run, "dataset": r["dataset"], "main_metric": r["main_metric"], "method": label,
+        base = {"run": run, "dataset": r["dataset"], "split": split, "main_metric": r["main_metric"], "method": label,
                 "backbone": r["backbone"], "block": r["block"]}
         rows.append({**base, "condition": "all inputs", "score": r["score"]})
         for cond in ROBUSTNESS_CONDITIONS:
-            path = job.path / "robustness" / f"test_{cond}.parquet"
+            path = job.path / "robustness" / f"{split}_{cond}.parquet"
             if not path.is_file():
                 continue
             try:
@@ -718,5 +719,5 @@ def robustness_records(jobs: Sequence[Job], records: pd.DataFrame) -> tuple[pd.D
                 notes.append(f"{path}: not evaluated ({type(e).__name__}: {e})")
                 continue
             rows.append({**base, "condition": cond, "score": main_score(m, r["main_metric"])})
-    cols = ["run", "dataset", "main_metric", "method", "backbone", "block", "condition", "score"]
+    cols = ["run", "dataset", "split", "main_metric", "method", "backbone", "block", "condition", "score"]
     return pd.DataFrame(rows, columns=cols), notes

@@ -627,8 +627,10 @@ def robustness_table(records: pd.DataFrame, dataset: str, main_metric: str) -> T
                 continue
             row.append(fmt_stat(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None, len(v), n_all))
         rows.append(row)
-    return Table(f"{dataset}_test_{main_metric}_robustness",
-                 f"{DATASET_NAME.get(dataset, dataset)} test {METRIC_NAME.get(main_metric, main_metric)} (%) of the "
+    split = "test" if (r["split"] == "test").any() else "val"   # ISIC-2019 has no test split
+    return Table(f"{dataset}_{split}_{main_metric}_robustness",
+                 f"{DATASET_NAME.get(dataset, dataset)} {SPLIT_NAME.get(split, split)} "
+                 f"{METRIC_NAME.get(main_metric, main_metric)} (%) of the "
                  "reported output with an input withheld, mean ± sample std over runs",
                  ["Method"] + [c.replace("_", " ") for c in conditions], rows,
                  ["no meta / no clinic / no derm: the metadata, the clinical or the dermoscopic image withheld from "
