@@ -320,7 +320,7 @@ def _case_sections(records: pd.DataFrame, cl, rob: pd.DataFrame, chosen_by: dict
         chosen = chosen_by.get((ds, mm)) or methods
         r = rob[(rob.dataset == ds) & (rob.main_metric == mm)]
         if (r.condition != "all inputs").any():
-            robust.append(TB.robustness_table(rob, ds, mm))
+            robust.append(TB.robustness_table(rob, ds, cs, mm))
         else:
             robust.append(Note(f"{name}: no run saved predictions with an input withheld "
                                "(robustness/<split>_<condition>.parquet)."))

@@ -400,14 +400,13 @@ def problems_frame(jobs: Sequence[Job]) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------ case-level sections
 
-# the split whose cases the calibration, bootstrap and subgroup sections resample: the fixed test set where the
-# dataset has one, else the validation folds
-CASE_SPLIT = {"pad_ufes": "test", "isic2019": "val", "derm7pt": "test"}
 ROBUSTNESS_CONDITIONS = ("no_meta", "no_clinic", "no_derm")
 
 
 def case_split(dataset: str | None) -> str:
-    return CASE_SPLIT.get(dataset, "test" if "test" in REPORTED_SPLITS.get(dataset, ["val", "test"]) else "val")
+    """The split whose cases the calibration, bootstrap, subgroup and robustness sections score: the fixed test set
+    where the dataset reports one, else the validation folds (ISIC-2019)."""
+    return "test" if "test" in REPORTED_SPLITS.get(dataset, ["val", "test"]) else "val"
 
 
 def reported_label(job: Job, pred_branches: Sequence[str]) -> str:
@@ -586,7 +585,7 @@ def case_level(jobs: Sequence[Job], records: pd.DataFrame, resamples: int | None
                auc_resamples: int | None = None, seed: int | None = None, min_size: int | None = None,
                n_bins: int | None = None, level: float | None = None, workers: int | None = None) -> CaseLevel:
     """Calibration, bootstrap intervals and subgroup scores of every evaluated run output on its dataset's
-    :data:`CASE_SPLIT`, aggregated per method. One pass over the runs; each case set's resamples are drawn once.
+    :func:`case_split`, aggregated per method. One pass over the runs; each case set's resamples are drawn once.
     The reliability inputs are kept for each method's best run on that split (by its main metric). Larger sweeps are
     shared among ``workers`` threads (default: one per usable CPU, at least :data:`RUNS_PER_WORKER` runs each); the
     results are the same either way, up to the order of floating-point sums."""
@@ -693,7 +692,7 @@ def robustness_records(jobs: Sequence[Job], records: pd.DataFrame) -> tuple[pd.D
         job = by_path.get(run)
         if job is None:
             continue
-        split = "test" if (g.split == "test").any() else "val"
+        split = case_split(job.dataset)
         g = g[g.split == split]
         names = job.info.get("branches") or P.branches(P.read_predictions(_predictions_path(job, split)))
         label = reported_label(job, names)

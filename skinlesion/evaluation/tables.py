@@ -610,7 +610,7 @@ def paired_table(pairs: Sequence[Mapping], dataset: str, split: str, main_metric
                   *(["p (Holm)"] if with_holm else []), "p (Wilcoxon)", "note"], rows, notes)
 
 
-def robustness_table(records: pd.DataFrame, dataset: str, main_metric: str) -> Table:
+def robustness_table(records: pd.DataFrame, dataset: str, split: str, main_metric: str) -> Table:
     """Main metric of each method's reported output with all inputs and with each input withheld, mean ± sample
     std over runs; ``—`` where the method cannot answer without that input."""
     r = records[(records.dataset == dataset) & (records.main_metric == main_metric)]
@@ -627,7 +627,6 @@ def robustness_table(records: pd.DataFrame, dataset: str, main_metric: str) -> T
                 continue
             row.append(fmt_stat(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else None, len(v), n_all))
         rows.append(row)
-    split = "test" if (r["split"] == "test").any() else "val"   # ISIC-2019 has no test split
     return Table(f"{dataset}_{split}_{main_metric}_robustness",
                  f"{DATASET_NAME.get(dataset, dataset)} {SPLIT_NAME.get(split, split)} "
                  f"{METRIC_NAME.get(main_metric, main_metric)} (%) of the "
