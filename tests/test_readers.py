@@ -156,3 +156,6 @@ def test_unlabelled_read_needs_no_label_columns_and_says_what_each_case_lacks(tm
     assert missing[1] == {"clinic": "empty 'clinic'"} and table.images["clinic"][1] is None
     assert list(missing[2]) == ["derm"] and "'nowhere/x.jpg': no such image file" in missing[2]["derm"]
     assert not any(missing[i] for i in range(len(table)) if i not in (1, 2))
+    table.images["derm"][3] = None   # a named image that a lookup elsewhere did not find
+    named = unlabelled.missing_images(table.frame, table.images, derm7pt.IMAGE_COLUMNS, ("derm",), "among x/")
+    assert named[3] == {"derm": f"derm {df.loc[3, 'derm']!r}: no such image file among x/"}

@@ -32,7 +32,8 @@ def read(root: Path, labelled: bool = True, metadata: Path | None = None, **_: o
     path = Path(metadata) if metadata is not None else root / METADATA
     if not labelled:
         df = read_csv(path, [], "derm7pt meta")
-        images = {key: unlabelled.image_paths(df, key, lambda p: root / "images" / p) for key in ("derm", "clinic")}
+        images = {key: unlabelled.image_paths(df, IMAGE_COLUMNS[key], lambda p: root / "images" / p)
+                  for key in IMAGE_KEYS}
         return CaseTable(NAME, path, df, unlabelled.case_ids(df, CASE_ID), TASKS,
                          unlabelled.no_targets(len(df), TASKS), images)
     df = read_csv(path, ["case_num", *DERM7PT_TASK_COLUMNS.values(), "clinic", "derm"], "derm7pt meta")

@@ -32,7 +32,7 @@ def read(root: Path, image_dir: str = IMAGE_DIR, labelled: bool = True, metadata
     folder = root / image_dir
     if not labelled:
         meta = read_csv(meta_path, [], "ISIC-2019 metadata")
-        images = unlabelled.image_paths(meta, "image", lambda name: folder / f"{name}.jpg")
+        images = unlabelled.image_paths(meta, IMAGE_COLUMNS["derm"], lambda name: folder / f"{name}.jpg")
         return CaseTable(NAME, meta_path, meta, unlabelled.case_ids(meta, CASE_ID), TASKS,
                          unlabelled.no_targets(len(meta), TASKS), {"derm": images})
     gt = read_csv(gt_path, ["image", *ISIC_CLASSES, "UNK"], "ISIC-2019 ground truth")

@@ -37,7 +37,7 @@ def read(root: Path, labelled: bool = True, metadata: Path | None = None, **_: o
         return found.get(name, root / "images" / "imgs_part_{1,2,3}" / name)
 
     if not labelled:
-        images = unlabelled.image_paths(df, "img_id", where)
+        images = unlabelled.image_paths(df, IMAGE_COLUMNS["clinic"], where)
         return CaseTable(NAME, path, df, unlabelled.case_ids(df, CASE_ID), TASKS,
                          unlabelled.no_targets(len(df), TASKS), {"clinic": images})
     targets = map_labels(df["diagnostic"], TASKS[0], path, "diagnostic")[:, None]

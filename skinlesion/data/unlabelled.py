@@ -38,16 +38,20 @@ def image_paths(df: pd.DataFrame, column: str, resolve: Callable[[str], Path]) -
 
 
 def missing_images(frame: pd.DataFrame, images: Mapping[str, list[Path | None]], columns: Mapping[str, str],
-                   keys: tuple[str, ...]) -> list[dict[str, str]]:
-    """Per case, image key -> why that image is missing (no column, an empty cell, no such file), for ``keys``."""
+                   keys: tuple[str, ...], looked: str = "") -> list[dict[str, str]]:
+    """Per case, image key -> why that image is missing (no column, an empty cell, no such file), for ``keys``. A
+    named image without a path (not found where ``looked`` says) is missing too."""
     out: list[dict[str, str]] = [{} for _ in range(len(frame))]
     for key in keys:
         col = columns[key]
         for r, path in enumerate(images[key]):
+            value = _norm_value(frame[col].iloc[r]) if col in frame.columns else None
             if col not in frame.columns:
                 out[r][key] = f"no column '{col}'"
-            elif path is None:
+            elif value is None:
                 out[r][key] = f"empty '{col}'"
+            elif path is None:
+                out[r][key] = f"{col} {value!r}: no such image file {looked}".rstrip()
             elif not path.is_file():
-                out[r][key] = f"{col} {_norm_value(frame[col].iloc[r])!r}: no such image file ({path})"
+                out[r][key] = f"{col} {value!r}: no such image file ({path})"
     return out

@@ -97,15 +97,16 @@ def _matcher(dataset: str, files: list[tuple[Path, str, bool]]):
     return match
 
 
-def _from_table(pred, table: CaseTable) -> Cases:
-    """The reader's cases, with the images the model reads that each lacks."""
+def _from_table(pred, table: CaseTable, looked: str = "") -> Cases:
+    """The reader's cases, with the images the model reads that each lacks (``looked``: where an image named but
+    not found was looked for)."""
     columns = READERS[pred.dataset].IMAGE_COLUMNS
     absent = [columns[k] for k in pred.image_keys if columns[k] not in table.frame.columns]
     if absent:
         raise DataError(f"{table.source}, line 1 (header): no column {absent}; the {pred.dataset} model reads "
                         f"image(s) {list(pred.image_keys)}, matched to rows by the dataset's column(s) "
                         f"{[columns[k] for k in pred.image_keys]}")
-    missing = unlabelled.missing_images(table.frame, table.images, columns, pred.image_keys)
+    missing = unlabelled.missing_images(table.frame, table.images, columns, pred.image_keys, looked)
     for k in pred.image_keys:   # a missing image is no image: the branches reading it are left out
         table.images[k] = [None if k in m else p for p, m in zip(table.images[k], missing)]
     return Cases(table, True, missing, [[] for _ in range(len(table))])
@@ -119,7 +120,6 @@ def cases_from_csv(pred, csv: Path, files: list[tuple[Path, str, bool]]) -> Case
     table = READERS[pred.dataset].read(csv.parent, labelled=False, metadata=csv)
     columns = READERS[pred.dataset].IMAGE_COLUMNS
     match = _matcher(pred.dataset, files)
-    unmatched: dict[str, dict[int, str]] = {k: {} for k in pred.image_keys}
     used: set[Path] = set()
     for k in pred.image_keys:
         col = columns[k]
@@ -132,8 +132,6 @@ def cases_from_csv(pred, csv: Path, files: list[tuple[Path, str, bool]]) -> Case
             if len(hits) > 1:
                 raise DataError(f"{csv}, line {table.csv_line(r)}, column '{col}': {value!r} matches several files "
                                 f"{[str(h) for h in hits]}; give one of them")
-            if value is not None and not hits:
-                unmatched[k][r] = f"{col} {value!r}: no such image file among --images"
             paths.append(hits[0] if hits else None)
             used.update(hits[:1])
         table.images[k] = paths
@@ -143,12 +141,8 @@ def cases_from_csv(pred, csv: Path, files: list[tuple[Path, str, bool]]) -> Case
         raise DataError(f"--images {named[0]}: matches no row of {csv} (column(s) "
                         f"{[columns[k] for k in pred.image_keys]}; {len(named)} named image(s) unmatched); every "
                         "image file given by name must be named by its case's row")
-    cases = _from_table(pred, table)
     searched = ", ".join(dict.fromkeys(str(f.parent) for f, _, _ in files)) or "none given"
-    for k, rows in unmatched.items():
-        for r, why in rows.items():
-            cases.missing[r][k] = f"{why} ({searched})"
-    return cases
+    return _from_table(pred, table, f"among --images ({searched})")
 
 
 def cases_from_images(pred, files: list[tuple[Path, str, bool]], why_no_meta: str = "no --metadata") -> Cases:

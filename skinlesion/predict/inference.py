@@ -171,8 +171,7 @@ def _plan(pred: Predictor, cases: Cases, skip_unusable: bool = False) -> list[li
     for m in cases.missing:   # an input no branch reads is not missing for this model
         for key in [k for k in m if k not in pred.reads]:
             del m[key]
-    usable = lambda miss: answering_branches(pred, set(miss))  # noqa: E731
-    plan: list[list[str] | None] = [usable(m) if m else None for m in cases.missing]
+    plan: list[list[str] | None] = [answering_branches(pred, set(m)) if m else None for m in cases.missing]
     bad = [i for i, u in enumerate(plan) if u == []]
     if bad and not skip_unusable:
         i = bad[0]
