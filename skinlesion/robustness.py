@@ -10,8 +10,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from skinlesion.evaluation.predictions import to_frame
 from skinlesion.provenance import write_json, write_parquet
 
 log = logging.getLogger(__name__)
@@ -50,13 +50,9 @@ def withhold_inputs(out: Path, dm, device: str = "cpu", batch_size: int = 32) ->
         frame, reported = predict_cases(pred, cases, device, batch_size, skip_unusable=True)
         position = {str(c): i for i, c in enumerate(table.case_ids)}
         kept = np.array([position[c] for c in frame["case_id"]], dtype=np.int64)
-        cols: dict = {"case_id": frame["case_id"].to_numpy()}
-        for j, t in enumerate(dm.info.tasks):
-            cols[f"target/{t.name}"] = table.targets[kept, j]
-        for t, classes in pred.payload["tasks"].items():
-            for k, c in enumerate(classes):
-                cols[f"prob/{pred.output}/{t}/{c}"] = reported[t][:, k]
-        write_parquet(out / "robustness" / f"{split}_{name}.parquet", pd.DataFrame(cols))
+        targets = {t.name: table.targets[kept, j] for j, t in enumerate(dm.info.tasks)}
+        write_parquet(out / "robustness" / f"{split}_{name}.parquet",
+                      to_frame(frame["case_id"], targets, {pred.output: reported}, pred.payload["tasks"]))
         skipped = frame.attrs.get("skipped", 0)
         done[x] = (f"robustness/{split}_{name}.parquet (from {'+'.join(branches)})"
                    + (f"; {skipped} case(s) left out: they lack another input too" if skipped else ""))
