@@ -171,8 +171,10 @@ def epochs_logged(run_dir: Path) -> list[int]:
 class SignalAtEpoch(Callback):
     """A Lightning callback that sends ``signal`` to its own process once, at a known moment of a run: ``once_file``
     is created first and, if it exists, nothing is sent. Simulates a kill (SIGKILL), Ctrl-C (SIGINT) or a
-    cluster's preemption notice (SIGUSR2); ``SIGUSR2+SIGTERM`` sends the second 5 ms after the first, as SLURM's
-    SIGTERM follows the requeue of a job. ``phase``:
+    cluster's preemption notice (SIGUSR2); ``SIGUSR2+SIGTERM`` sends the second 5 ms after the handler of the first
+    has started, as SLURM's SIGTERM follows the requeue that handler asks for (a timer started with the first signal
+    could win the race on a loaded machine, since the kernel may hand the first to a thread that is not scheduled
+    for a while). ``phase``:
 
     - ``epoch_start``: when training epoch ``epoch`` (0-based) starts, after the previous epoch's checkpoints;
     - ``mid_epoch``: after the first training batch of epoch ``epoch``;
@@ -201,10 +203,17 @@ class SignalAtEpoch(Callback):
         import threading
 
         first, *later = [getattr(signal, name) for name in self.signal.split("+")]
-        for sig in later:   # a moment after the first, as SLURM's SIGTERM follows the requeue it answers
-            timer = threading.Timer(0.005, os.kill, (os.getpid(), sig))
-            timer.daemon = True   # a process that has ended by then gets none
-            timer.start()
+        owner = signal.getsignal(first)
+        if later and callable(owner):
+            def relay(signum, frame):
+                signal.signal(first, owner)
+                for sig in later:   # a moment after the first is being answered, as SLURM's SIGTERM follows a requeue
+                    timer = threading.Timer(0.005, os.kill, (os.getpid(), sig))
+                    timer.daemon = True   # a process that has ended by then gets none
+                    timer.start()
+                owner(signum, frame)
+
+            signal.signal(first, relay)
         os.kill(os.getpid(), first)
 
     def on_train_epoch_start(self, trainer, pl_module):
@@ -259,18 +268,25 @@ def python(*args: str | Path, timeout: float, **popen) -> subprocess.CompletedPr
 
 class PauseEachEpoch(Callback):
     """A Lightning callback that sleeps ``seconds`` at the end of every training epoch: a tiny run that lasts long
-    enough for a cluster's time limit or a person's signal to reach it mid-run (cluster tests).
+    enough for a cluster's time limit or a person's signal to reach it mid-run (cluster tests). With ``until``, the
+    pause ends as soon as that file exists (``seconds`` is then the longest wait), so a test holds a run in the middle
+    for exactly as long as it needs, however slowly a loaded machine starts its other processes.
 
         +callbacks.pause._target_=skinlesion.testing.PauseEachEpoch +callbacks.pause.seconds=5
     """
 
-    def __init__(self, seconds: float):
-        self.seconds = float(seconds)
+    def __init__(self, seconds: float, until: str | None = None):
+        self.seconds, self.until = float(seconds), until
 
     def on_train_epoch_end(self, trainer, pl_module):
         import time
 
-        time.sleep(self.seconds)
+        if self.until is None:
+            time.sleep(self.seconds)
+            return
+        deadline = time.monotonic() + self.seconds
+        while not Path(self.until).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 class SubmititTrainJob:

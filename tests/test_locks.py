@@ -106,16 +106,19 @@ def test_a_waiter_says_once_who_it_waits_for(tmp_path, caplog):
 
 # --- the run directory --------------------------------------------------------------------------------------
 def test_a_second_process_on_a_running_run_directory_says_who_holds_it_and_loses_nothing(pad_root, tmp_path):
-    run = tmp_path / "run"
-    cmd = ["train.py", *TINY, f"data.root={pad_root}", "model=meta_only", "tta=none", "trainer.max_epochs=3",
-           "+callbacks.pause._target_=skinlesion.testing.PauseEachEpoch", "+callbacks.pause.seconds=2",
-           f"hydra.run.dir={run}"]
+    run, release = tmp_path / "run", tmp_path / "release"
+    # The first run holds its first epoch until the second process has been answered: however slowly a loaded
+    # machine starts the second interpreter, the first is still running when it asks.
+    cmd = ["train.py", *TINY, f"data.root={pad_root}", "model=meta_only", "tta=none", "trainer.max_epochs=2",
+           "+callbacks.pause._target_=skinlesion.testing.PauseEachEpoch", "+callbacks.pause.seconds=240",
+           f"+callbacks.pause.until={release}", f"hydra.run.dir={run}"]
     with started([sys.executable, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as first:
         deadline = time.monotonic() + 120
         while not (run / "run.json").is_file() or run_record(run)["status"] != "running":
             assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
         second = python(*cmd, timeout=120)
+        release.touch()
         assert second.returncode == 1
         said = [line for line in (second.stdout + second.stderr).splitlines() if "is in use by" in line]
         assert said and f"pid {first.pid}" in said[-1] and "Traceback" not in second.stderr

@@ -58,6 +58,17 @@ print("built", flush=True)
 """
 
 
+def _until_waiting(proc) -> str:
+    """What a builder printed up to and including its line that it waits for the store (a blocking read of its
+    output; the test's timeout bounds it)."""
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("waiting for the image store lock"):
+            break
+    return "".join(lines)
+
+
 def test_two_builders_at_once_store_each_image_once_and_say_whom_they_wait_for(pad_root, tmp_path):
     """Two real builders started while a third holder has the store: both say in one line whom they wait for, then
     build in turn; every image is stored once."""
@@ -69,9 +80,9 @@ def test_two_builders_at_once_store_each_image_once_and_say_whom_they_wait_for(p
     cmd = [sys.executable, "-c", BUILD, str(tmp_path / "cache"), str(pad_root)]
     with started(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as a, \
             started(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as b:
-        time.sleep(8)                                  # both start and find the store held
+        early = [_until_waiting(p) for p in (a, b)]    # both started and found the store held, however slowly
         holder.release()
-        outs = [p.communicate(timeout=300)[0] for p in (a, b)]
+        outs = [e + p.communicate(timeout=300)[0] for e, p in zip(early, (a, b))]
     assert [a.returncode, b.returncode] == [0, 0], outs
     n = len(list((pad_root / "images").rglob("*.png")))
     assert len(ImageStore(tmp_path / "cache", 32).open()) == n                          # each image once
