@@ -179,6 +179,32 @@ def test_isic_lesions_and_derm7pt_without_ids(isic_root, derm7pt_root):
     assert any("lists no lesion or patient ids" in note for note in result.summary["notes"])
 
 
+def test_an_image_listed_twice_in_the_isic_ground_truth_is_noted_or_refused_when_its_rows_disagree(isic_root,
+                                                                                                    tmp_path):
+    from skinlesion.data.isic2019 import GROUND_TRUTH
+
+    root = tmp_path / "isic2019"
+    shutil.copytree(isic_root, root, ignore=shutil.ignore_patterns("*.jpg"))
+    gt = root / GROUND_TRUTH
+    rows = _rows(gt)
+    repeat = list(rows[5])                     # the image on line 6, listed again at the end with its diagnosis
+    _write_rows(gt, [*rows, repeat])
+    table, part, _ = Isic2019DataModule(root=str(root), **FAST).read_partitions()
+    assert table.targets[:, 0].tolist() == Isic2019DataModule(root=str(isic_root), **FAST).read_partitions()[
+        0].targets[:, 0].tolist()              # same cases, same labels
+    said = [n for n in audit_table(table, part, images=False).summary["notes"] if GROUND_TRUTH in n]
+    assert len(said) == 1 and f"{repeat[0]!r}, lines 6 and {len(rows) + 1}" in said[0]
+
+    other = [repeat[0], *repeat[2:-1], repeat[1], repeat[-1]]   # the class columns rotated: another diagnosis
+    assert other[1:-1] != repeat[1:-1] and other[-1] == "0.0"
+    _write_rows(gt, [*rows, other])
+    with pytest.raises(DataError) as err:
+        Isic2019DataModule(root=str(root), **FAST).setup()
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{gt}, lines 6 and {len(rows) + 1}: image {repeat[0]!r}")
+    assert "different diagnoses" in msg
+
+
 def test_near_pairs_compares_every_pair_across_blocks():
     rng = np.random.default_rng(0)
     hashes = rng.integers(0, 2**63, size=600, dtype=np.int64).astype(np.uint64)

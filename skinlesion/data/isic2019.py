@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from skinlesion.data import unlabelled
 from skinlesion.data.table import CaseTable, read_csv
@@ -49,6 +50,7 @@ def read(root: Path, image_dir: str = IMAGE_DIR, labelled: bool = True, metadata
                         f"1.0 among {list(ISIC_CLASSES)} ({bad.size} row(s) affected)")
     # Keep the metadata file's row order (folds are drawn in it); every metadata row needs its ground truth.
     label_of = dict(zip(gt["image"].astype(str), onehot.argmax(axis=1)))
+    repeated = _repeated_ground_truth(gt_path, gt["image"].astype(str), onehot.argmax(axis=1))
     names = meta["image"].astype(str)
     missing = [n for n in names if n not in label_of]
     if missing:
@@ -58,7 +60,32 @@ def read(root: Path, image_dir: str = IMAGE_DIR, labelled: bool = True, metadata
     images = [folder / f"{n}.jpg" for n in names]   # '_downsampled' names are used verbatim
     lesion = meta["lesion_id"] if "lesion_id" in meta.columns else None
     groups = None if lesion is None else np.where(lesion.isna(), names, lesion.astype(str)).astype(str)
-    return CaseTable(NAME, meta_path, meta, names.to_numpy(), TASKS, targets, {"derm": images}, groups)
+    table = CaseTable(NAME, meta_path, meta, names.to_numpy(), TASKS, targets, {"derm": images}, groups)
+    if repeated:
+        table.notes.append(repeated)
+    return table
+
+
+def _repeated_ground_truth(path: Path, images: pd.Series, labels: np.ndarray) -> str | None:
+    """An image listed twice in the ground truth: refused when its rows disagree (which diagnosis is meant cannot
+    be told), else a note that the repeats are ignored (the audit and the training log show it)."""
+    rows = np.flatnonzero(images.duplicated(keep=False).to_numpy())
+    if not rows.size:
+        return None
+    first_of: dict[str, int] = {}
+    for row in rows:
+        name = images.iloc[row]
+        if name not in first_of:
+            first_of[name] = int(row)
+        elif labels[row] != labels[first_of[name]]:
+            a = first_of[name]
+            raise DataError(f"{path}, lines {a + 2} and {row + 2}: image {name!r} is listed twice with different "
+                            f"diagnoses ({ISIC_CLASSES[labels[a]]} and {ISIC_CLASSES[labels[row]]}); each image "
+                            "needs exactly one ground-truth row")
+    name, a = next(iter(first_of.items()))
+    second = int(rows[images.iloc[rows].to_numpy() == name][1])
+    return (f"{len(first_of)} image(s) are listed more than once in {path.name} with the same diagnosis (first: "
+            f"{name!r}, lines {a + 2} and {second + 2}); the repeated rows are ignored")
 
 
 def folds(table: CaseTable, split: str = "stratified", seed: int = 32) -> np.ndarray:
