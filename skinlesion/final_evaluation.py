@@ -29,7 +29,7 @@ def evaluated_checkpoint(trainer) -> tuple[str | None, str | None, WeightAveragi
 
 def evaluate(cfg: DictConfig, out: Path, trainer, module, dm, params: dict) -> dict:
     """Evaluate the trained run in ``trainer`` and write ``predictions/``, ``metrics.json`` (rank 0); returns the
-    metrics."""
+    metrics (:func:`results_table` says them to the user once every later step of the run has ended)."""
     from skinlesion.evaluation.metrics import evaluate_predictions
     from skinlesion.tracking import log_final_metrics
 
@@ -62,7 +62,6 @@ def evaluate(cfg: DictConfig, out: Path, trainer, module, dm, params: dict) -> d
     if trainer.global_rank == 0:
         metrics.update(case_summary(out, metrics, getattr(dm, "table", None)))
         write_json(out / "metrics.json", metrics)
-        print(results_table(metrics, dm.info), flush=True)
         log_final_metrics(trainer, metrics)
     return metrics
 

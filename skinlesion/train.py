@@ -59,7 +59,7 @@ def run(cfg: DictConfig, out: Path, state: dict | None = None, plan: resume.Resu
     interrupted job can say how far it got); ``plan`` says where training continues from (a checkpoint whose
     training is finished goes straight to the evaluation); ``wandb_id`` is the run's W&B run."""
     from skinlesion.evaluation.subgroups import subgroup_frame
-    from skinlesion.final_evaluation import evaluate
+    from skinlesion.final_evaluation import evaluate, results_table
     from skinlesion.models import parameter_report
 
     resume_from = plan.checkpoint if plan is not None else None
@@ -91,10 +91,12 @@ def run(cfg: DictConfig, out: Path, state: dict | None = None, plan: resume.Resu
         for d in csv_dirs:
             resume.merge_epoch_log(d)
     metrics = evaluate(cfg, out, trainer, module, dm, params)
-    if trainer.global_rank == 0 and cfg.get("robustness", True):
-        from skinlesion.robustness import withhold_inputs
+    if trainer.global_rank == 0:
+        if cfg.get("robustness", True):
+            from skinlesion.robustness import withhold_inputs
 
-        withhold_inputs(out, dm, str(trainer.strategy.root_device), int(dm.eval_batch_size))
+            withhold_inputs(out, dm, str(trainer.strategy.root_device), int(dm.eval_batch_size))
+        print(results_table(metrics, dm.info), flush=True)   # last, so a run's output ends with its results
     return metrics
 
 

@@ -105,8 +105,12 @@ def test_a_waiter_says_once_who_it_waits_for(tmp_path, caplog):
 
 
 # --- the run directory --------------------------------------------------------------------------------------
-def test_a_second_process_on_a_running_run_directory_says_who_holds_it_and_loses_nothing(pad_root, tmp_path):
-    run, release = tmp_path / "run", tmp_path / "release"
+@pytest.fixture(scope="module")
+def second_process_on_a_running_run(pad_root, tmp_path_factory):
+    """A training run from the command line, and the same command started again in its directory while it runs:
+    (run dir, the first process's pid, its return code and output, the second's result)."""
+    base = tmp_path_factory.mktemp("held_run")
+    run, release = base / "run", base / "release"
     # The first run holds its first epoch until the second process has been answered: however slowly a loaded
     # machine starts the second interpreter, the first is still running when it asks.
     cmd = ["train.py", *TINY, f"data.root={pad_root}", "model=meta_only", "tta=none", "trainer.max_epochs=2",
@@ -117,15 +121,33 @@ def test_a_second_process_on_a_running_run_directory_says_who_holds_it_and_loses
         while not (run / "run.json").is_file() or run_record(run)["status"] != "running":
             assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.2)
-        second = python(*cmd, timeout=120)
-        release.touch()
-        assert second.returncode == 1
-        said = [line for line in (second.stdout + second.stderr).splitlines() if "is in use by" in line]
-        assert said and f"pid {first.pid}" in said[-1] and "Traceback" not in second.stderr
-        assert first.wait(timeout=300) == 0
+        try:
+            second = python(*cmd, timeout=120)
+        finally:
+            release.touch()
+        out, err = first.communicate(timeout=300)
+    return run, first.pid, first.returncode, out, second
+
+
+def test_a_second_process_on_a_running_run_directory_says_who_holds_it_and_loses_nothing(
+        second_process_on_a_running_run):
+    run, pid, returncode, _, second = second_process_on_a_running_run
+    assert second.returncode == 1
+    said = [line for line in (second.stdout + second.stderr).splitlines() if "is in use by" in line]
+    assert said and f"pid {pid}" in said[-1] and "Traceback" not in second.stderr
+    assert returncode == 0
     record = run_record(run)
     assert record["status"] == "completed" and len(record["attempts"]) == 1
-    assert record["attempts"][0]["pid"] == first.pid
+    assert record["attempts"][0]["pid"] == pid
+
+
+def test_a_run_from_the_command_line_ends_its_output_with_the_results_table(second_process_on_a_running_run):
+    """The table is the last thing its user reads, after the run's later steps (missing-input robustness) logged."""
+    lines = second_process_on_a_running_run[3].rstrip().splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("Results ("))
+    assert lines[start + 1].split()[:2] == ["task", "chance"]
+    assert len(lines) - start == 4 and lines[-1].split()[0] == "diagnostic"    # one task: nothing after its row
+    assert any("missing-input robustness" in line for line in lines[:start])
 
 
 def test_a_sweep_rerun_skips_the_job_that_still_runs(pad_root, tmp_path, capsys):
