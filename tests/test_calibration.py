@@ -73,7 +73,7 @@ def test_temperature_scaling_repairs_planted_over_confidence():
         C.apply_temperature(z_test, 0.0)
 
 
-def test_outputs_without_logits_get_scores_but_no_temperature():
+def test_outputs_without_logits_are_scaled_on_their_log_probabilities():
     rng = np.random.default_rng(4)
     classes = {"diagnostic": ["A", "B", "C"]}
     val = make_predictions(classes, 300, ["image", "meta", "fusion"], rng, 2.0, prefix="v", logits=True)
@@ -84,15 +84,44 @@ def test_outputs_without_logits_get_scores_but_no_temperature():
     z = sum(P.branch_logits(val, b)["diagnostic"] for b in ("image", "meta", "fusion")) / 3
     assert logit_mean["temperature"] == pytest.approx(C.fit_temperature(z, val["target/diagnostic"]))
     mixture = C.output_calibration(test, "all", val)[0]   # JIF(All): an average of probabilities
-    assert mixture["temperature"] is None and "no logits" in mixture["note"]
+    assert "log-probabilities" in mixture["note"]
+    log_p = np.log(P.combine(val, "all")["diagnostic"])
+    assert mixture["temperature"] == pytest.approx(C.fit_temperature(log_p, val["target/diagnostic"]))
     assert mixture["ece"] == pytest.approx(C.ece(P.combine(test, "all")["diagnostic"], test["target/diagnostic"]))
+    # at T = 1 the log-probabilities give back the output itself
+    assert np.allclose(C.apply_temperature(np.log(P.combine(test, "all")["diagnostic"]), 1.0),
+                       P.combine(test, "all")["diagnostic"])
     old = test[[c for c in test.columns if not c.startswith("logit/")]]   # files from before logits were saved
-    assert "no logit/ columns" in C.output_calibration(old, "fusion", val)[0]["note"]
+    rec = C.output_calibration(old, "fusion", val)[0]                     # (and a validation file with them)
+    assert "no logit/ columns" in rec["note"] and rec["temperature"] == pytest.approx(
+        C.fit_temperature(np.log(P.branch_probs(val, "fusion")["diagnostic"]), val["target/diagnostic"]))
     searched = P.to_frame(test["case_id"], P.targets(test), {"searched": P.combine(test, "all")}, classes)
-    rec = C.output_calibration(searched, "searched", val)[0]
-    assert rec["temperature"] is None and rec["brier"] > 0
+    searched_val = P.to_frame(val["case_id"], P.targets(val), {"searched": P.combine(val, "all")}, classes)
+    rec = C.output_calibration(searched, "searched", searched_val)[0]
+    assert rec["temperature"] == pytest.approx(mixture["temperature"]) and "searched" in rec["note"]
     # no test split (ISIC-2019): scored on validation, nothing fitted
-    assert "no test split" in C.output_calibration(val, "fusion", None, scored_split="val")[0]["note"]
+    nothing = C.output_calibration(val, "fusion", None, scored_split="val")[0]
+    assert "no test split" in nothing["note"] and nothing["temperature"] is None and nothing["brier"] > 0
+    assert C.output_calibration(test, "all", None)[0]["temperature"] is None      # no validation to fit on
+
+
+def test_an_over_confident_probability_average_is_mended_by_scaling_its_log_probabilities():
+    """JIF's All output has no logits: two branches that agree, both sharpened (p^4, renormalised), make the
+    average over-confident, and the temperature fitted on validation log-probabilities lowers its test ECE."""
+    rng = np.random.default_rng(5)
+    classes = {"diagnostic": ["A", "B", "C", "D"]}
+
+    def sharpened(prefix):
+        df = make_predictions(classes, 1500, ["image", "meta"], rng, 1.0, prefix=prefix)
+        p = df[[c for c in df.columns if c.startswith("prob/image/")]].to_numpy() ** 4
+        for b in ("image", "meta"):
+            df[[c for c in df.columns if c.startswith(f"prob/{b}/")]] = p / p.sum(axis=1, keepdims=True)
+        return df
+
+    val, test = sharpened("v"), sharpened("t")
+    rec = C.output_calibration(test, "all", val)[0]
+    assert 3 < rec["temperature"] < 5                             # the planted power 4, undone
+    assert rec["ece_ts"] < rec["ece"] / 2 and rec["nll_ts"] < rec["nll"]
 
 
 def test_summary_over_runs_is_mean_and_sample_std():

@@ -289,7 +289,8 @@ def test_report_case_level_sections(tmp_path, capsys):
             assert (out / "tables" / f"{name}.{f}").is_file(), (name, f)
     cal = pd.read_csv(out / "tables" / "pad_ufes_test_calibration.csv", dtype=str, keep_default_na=False)
     cal = cal.set_index("Method")
-    assert cal.loc["JIF-MMFA(All)", "ECE (TS)"] == "—" and "no logits" in cal.loc["JIF-MMFA(All)", "note"]
+    assert cal.loc["JIF-MMFA(All)", "ECE (TS)"] != "—" and "log-probabilities" in cal.loc["JIF-MMFA(All)", "note"]
+    assert cal.loc["Image", "note"] == ""                    # scaled on its logits: nothing to say
     assert cal.loc["Image", "T"] != "—" and cal.loc["Image", "runs"] == "3"
     # the per-run calibration is recomputed here for one run and agrees with the table's inputs
     runs = pd.read_csv(out / "calibration_runs.csv")

@@ -12,8 +12,9 @@ curves and temperature scaling.
 * **NLL** is the mean of −log p_y (probabilities clipped at 1e-15, as scikit-learn's ``log_loss``).
 * **Temperature scaling** divides an output's logits by one T > 0 per output and task, fitted on the validation
   predictions by minimising their NLL over log T, then applied unchanged to test. An output without logits (a
-  probability average such as JIF's ``all``, a searched weighting, files written before logits were saved) gets
-  the three scores but no temperature.
+  probability average such as JIF's ``all``, a searched weighting, files written before logits were saved) is
+  scaled on its log-probabilities instead: softmax(log p / T) ∝ p^(1/T), which is p itself at T = 1 and, like
+  scaling logits, never moves the argmax. Its note says so.
 
 Brier and NLL are written out here too (checked against scikit-learn in the tests): a report computes them
 thousands of times, where ``brier_score_loss``/``log_loss``'s input validation would dominate.
@@ -31,10 +32,10 @@ N_BINS = 15
 EPS = 1e-15
 # log T is searched in [log 0.01, log 100]: wider than any useful temperature, narrow enough to stay finite
 LOG_T_BOUNDS = (float(np.log(1e-2)), float(np.log(1e2)))
-NO_LOGITS = {
-    "mixture": "probability average: no logits, no temperature scaling",
-    "searched": "searched weighting of probabilities: no logits, no temperature scaling",
-    "old": "no logit/ columns saved: no temperature scaling",
+NO_LOGITS = {   # why an output is scaled on its log-probabilities, or gets no temperature at all
+    "mixture": "probability average, no logits: temperature applied to its log-probabilities",
+    "searched": "searched weighting of probabilities, no logits: temperature applied to its log-probabilities",
+    "old": "no logit/ columns saved: temperature applied to the log of the saved probabilities",
     "no_val": "no validation predictions to fit a temperature on",
     "no_test": "no test split: a temperature fitted on validation cannot be scored on other cases",
 }
@@ -109,15 +110,16 @@ def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
 
 
-def output_logits(df: pd.DataFrame, combination: P.Combination) -> tuple[dict[str, np.ndarray] | None, str | None]:
-    """``({task: (N, K) logits}, None)`` of an output, or ``(None, reason)`` where it has none: a branch's own
-    logits, or for ``all_logits`` the mean of the branches' logits; a probability average or weighting has none."""
-    if combination == "searched":
-        return None, NO_LOGITS["searched"]
-    if not isinstance(combination, str) or combination == "all" or combination not in [*P.branches(df), "all_logits"]:
-        return None, NO_LOGITS["mixture"]
+def output_logits(df: pd.DataFrame, combination: P.Combination) -> tuple[dict[str, np.ndarray], str | None]:
+    """``({task: (N, K) scores}, note)``: what temperature scaling divides for an output. Its logits where it has
+    them (a branch's own, or for ``all_logits`` the mean of the branches' logits; note None), else the log of its
+    probabilities, with the note saying why."""
+    has_logits = isinstance(combination, str) and combination in [*P.branches(df), "all_logits"]
+    if combination == "searched" or not has_logits:
+        why = NO_LOGITS["searched" if combination == "searched" else "mixture"]
+        return log_probabilities(df, combination), why
     if not P.has_logits(df):
-        return None, NO_LOGITS["old"]
+        return log_probabilities(df, combination), NO_LOGITS["old"]
     if combination != "all_logits":
         return P.branch_logits(df, combination), None
     names = P.branches(df)
@@ -126,6 +128,11 @@ def output_logits(df: pd.DataFrame, combination: P.Combination) -> tuple[dict[st
         for t, z in P.branch_logits(df, b).items():
             out[t] = out.get(t, 0) + z / len(names)
     return out, None
+
+
+def log_probabilities(df: pd.DataFrame, combination: P.Combination) -> dict[str, np.ndarray]:
+    """Per task, the log of an output's probabilities (clipped at :data:`EPS`): scores whose softmax is the output."""
+    return {t: np.log(np.clip(p, EPS, 1.0)) for t, p in P.combine(df, combination).items()}
 
 
 def calibrate(prob: np.ndarray, y: np.ndarray, z_test: np.ndarray | None = None, z_val: np.ndarray | None = None,
@@ -143,21 +150,20 @@ def calibrate(prob: np.ndarray, y: np.ndarray, z_test: np.ndarray | None = None,
 
 def logits_for(test: pd.DataFrame, val: pd.DataFrame | None, combination: P.Combination, scored_split: str = "test"
                ) -> tuple[dict | None, dict | None, dict | None, str | None]:
-    """(test logits, validation logits, validation targets, note) of an output for temperature scaling; the logits
-    are None, and the note says why, where no temperature can be fitted and scored. ``scored_split`` other than
-    ``"test"`` (a dataset without a test split) fits nothing: the temperature would be fitted and scored on the same
-    cases."""
+    """(test scores, validation scores, validation targets, note) of an output for temperature scaling
+    (:func:`output_logits`; the note says where they are log-probabilities); the scores are None, and the note says
+    why, where no temperature can be fitted and scored. ``scored_split`` other than ``"test"`` (a dataset without a
+    test split) fits nothing: the temperature would be fitted and scored on the same cases."""
     if scored_split != "test":
         return None, None, None, NO_LOGITS["no_test"]
-    z_test, note = output_logits(test, combination)
-    if z_test is None:
-        return None, None, None, note
     if val is None:
         return None, None, None, NO_LOGITS["no_val"]
-    z_val, note = output_logits(val, combination)
-    if z_val is None:
-        return None, None, None, note
-    return z_test, z_val, P.targets(val), None
+    z_test, note = output_logits(test, combination)
+    z_val, note_val = output_logits(val, combination)
+    if (note is None) != (note_val is None):   # one file has logits, the other not: both on log-probabilities
+        z_test, z_val, note = log_probabilities(test, combination), log_probabilities(val, combination), \
+            NO_LOGITS["old"]
+    return z_test, z_val, P.targets(val), note
 
 
 def output_calibration(test: pd.DataFrame, combination: P.Combination, val: pd.DataFrame | None = None,

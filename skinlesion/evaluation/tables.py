@@ -496,7 +496,8 @@ def calibration_table(summary: pd.DataFrame, dataset: str, split: str, settings:
         for r in s[s.method == method].itertuples():
             ts = r.runs_ts > 0
             cells = [method] + ([r.task] if multi else []) + [str(r.runs)]
-            partly = "" if r.runs_ts == r.runs else f"temperature in {r.runs_ts} of {r.runs} runs; {r.note}"
+            partly = "" if r.runs_ts == r.runs else f"temperature in {r.runs_ts} of {r.runs} runs"
+            partly = "; ".join(x for x in (partly, r.note) if x)
             cells += [fmt_mean_std(r.ece, r.ece_std, 1, 100),
                       fmt_mean_std(r.ece_ts, r.ece_ts_std, 1, 100) if ts else MISSING,
                       fmt_mean_std(r.brier, r.brier_std), fmt_mean_std(r.brier_ts, r.brier_ts_std) if ts else MISSING,
