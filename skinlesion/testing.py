@@ -168,13 +168,28 @@ def epochs_logged(run_dir: Path) -> list[int]:
     return sorted(log.dropna(subset=["val/main"])["epoch"].astype(int).tolist())
 
 
+def _signal_on_requeue(signals: list[signal.Signals]) -> None:
+    """Make this submitit job send itself ``signals`` when submitit requeues it: the moment SLURM's ``scontrol
+    requeue``, which submitit calls there, sends the job its SIGTERM."""
+    import submitit
+
+    env = type(submitit.JobEnvironment())
+    requeue = env._requeue   # noqa: SLF001  (the step that asks the cluster for the requeue)
+
+    def requeue_and_signal(self, countdown):
+        for sig in signals:
+            os.kill(os.getpid(), sig)
+        requeue(self, countdown)
+
+    env._requeue = requeue_and_signal   # noqa: SLF001
+
+
 class SignalAtEpoch(Callback):
     """A Lightning callback that sends ``signal`` to its own process once, at a known moment of a run: ``once_file``
     is created first and, if it exists, nothing is sent. Simulates a kill (SIGKILL), Ctrl-C (SIGINT) or a
-    cluster's preemption notice (SIGUSR2); ``SIGUSR2+SIGTERM`` sends the second 5 ms after the handler of the first
-    has started, as SLURM's SIGTERM follows the requeue that handler asks for (a timer started with the first signal
-    could win the race on a loaded machine, since the kernel may hand the first to a thread that is not scheduled
-    for a while). ``phase``:
+    cluster's preemption notice (SIGUSR2). In a submitit job, ``SIGUSR2+SIGTERM`` sends the second when submitit
+    requeues the job in answer to the first, as SLURM sends SIGTERM to a job it requeues (a timer started with the
+    first signal could win the race on a loaded machine, a sequence SLURM never produces). ``phase``:
 
     - ``epoch_start``: when training epoch ``epoch`` (0-based) starts, after the previous epoch's checkpoints;
     - ``mid_epoch``: after the first training batch of epoch ``epoch``;
@@ -200,20 +215,9 @@ class SignalAtEpoch(Callback):
             return
         self.once_file.parent.mkdir(parents=True, exist_ok=True)
         self.once_file.touch()
-        import threading
-
         first, *later = [getattr(signal, name) for name in self.signal.split("+")]
-        owner = signal.getsignal(first)
-        if later and callable(owner):
-            def relay(signum, frame):
-                signal.signal(first, owner)
-                for sig in later:   # a moment after the first is being answered, as SLURM's SIGTERM follows a requeue
-                    timer = threading.Timer(0.005, os.kill, (os.getpid(), sig))
-                    timer.daemon = True   # a process that has ended by then gets none
-                    timer.start()
-                owner(signum, frame)
-
-            signal.signal(first, relay)
+        if later:
+            _signal_on_requeue(later)
         os.kill(os.getpid(), first)
 
     def on_train_epoch_start(self, trainer, pl_module):
