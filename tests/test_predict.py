@@ -292,6 +292,22 @@ def test_unseen_category_is_encoded_as_zeros_and_noted(jif_run, pad_root, tmp_pa
     assert frame["inputs"][0] == "clinic+meta" and (frame["notes"][1:] == "").all()
 
 
+def test_a_case_listed_twice_is_predicted_twice_and_noted(jif_run, pad_root, tmp_path, caplog):
+    csv = _test_rows(jif_run, pad_root / "metadata.csv", "img_id", tmp_path / "test.csv")
+    df = pd.read_csv(csv)
+    pd.concat([df, df.iloc[[1]]]).to_csv(csv, index=False)           # the case on line 3 again, on the last line
+    last = len(df) + 2
+    with caplog.at_level("WARNING", logger="skinlesion.predict.inference"):
+        frame = predict(jif_run, [pad_root / "images"], csv, device="cpu", tta="none")
+    assert len(frame) == len(df) + 1 and list(frame["case_id"]) == [*df["img_id"], df["img_id"][1]]
+    assert frame["notes"][1] == f"case id also listed on line {last}: predicted once per row"
+    assert frame["notes"].iloc[-1] == "case id also listed on line 3: predicted once per row"
+    assert (frame["notes"].drop(index=[1, len(df)]) == "").all()
+    probs = frame[[c for c in frame.columns if c.startswith("prob/")]].to_numpy(float)
+    np.testing.assert_allclose(probs[1], probs[-1], atol=1e-6)       # the same case, the same answer
+    assert any(f"{csv}: 1 case id(s) are listed more than once" in r.getMessage() for r in caplog.records)
+
+
 def test_images_without_metadata_are_one_case_each(jif_run, pad_root):
     saved = _saved(jif_run)
     files = sorted(p for p in (pad_root / "images").rglob("*.png") if p.name in set(saved.index[:3]))

@@ -30,7 +30,8 @@ of their probabilities, as the ``all`` output is; the other branches' columns ar
 ``missing`` say so; a case no branch can predict stops the run with one line naming the file, row and field, or is
 left out with ``--skip-unusable`` (counted). Empty fields that were also empty in training rows are encoded as in
 training (that is what the model learned). A category outside the fitted vocabulary is encoded as an all-zero block,
-as during training, with a warning and a ``notes`` entry.
+as during training, with a warning and a ``notes`` entry. A case id listed more than once is predicted once per row,
+with a warning and a ``notes`` entry naming the other lines.
 
 The package: :mod:`~skinlesion.predict.model` rebuilds the trained model from its checkpoint's payload;
 :mod:`~skinlesion.predict.cases` reads new cases with the training readers (``labelled=False``: labels optional,

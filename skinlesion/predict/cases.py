@@ -12,7 +12,7 @@ import pandas as pd
 from skinlesion.data import derm7pt, isic2019, pad_ufes, unlabelled
 from skinlesion.data.info import META_INPUT
 from skinlesion.data.metadata import _norm_value
-from skinlesion.data.table import CaseTable
+from skinlesion.data.table import CaseTable, duplicated_ids
 from skinlesion.errors import ConfigError, DataError
 
 READERS = {m.NAME: m for m in (pad_ufes, isic2019, derm7pt)}
@@ -193,6 +193,19 @@ def cases_from_root(pred, root: str | Path, split: str | None = None) -> Cases:
                             f"{[str(d) for d in folders]}")
         cases = cases_from_images(pred, files, why_no_meta=f"no {reader.METADATA}")
     return cases if split is None else select_split(pred, cases, root, split)
+
+
+def note_repeated_ids(cases: Cases) -> int:
+    """A case id that a metadata file lists more than once is predicted once per row (a case may well be sent
+    twice); each such row's notes name the other lines. Returns how many ids are repeated."""
+    if not cases.from_csv:
+        return 0
+    groups = duplicated_ids(cases.table)
+    for rows in groups:
+        for r in rows:
+            others = ", ".join(str(cases.line(o)) for o in rows if o != r)
+            cases.notes[r].append(f"case id also listed on line {others}: predicted once per row")
+    return len(groups)
 
 
 def select_split(pred, cases: Cases, root: Path, split: str) -> Cases:

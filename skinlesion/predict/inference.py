@@ -12,7 +12,7 @@ import pandas as pd
 from skinlesion.data.info import META_INPUT
 from skinlesion.errors import ConfigError, DataError
 from skinlesion.predict.cases import (Cases, cases_from_csv, cases_from_images, cases_from_root, check_images,
-                                      collect_images, encode_metadata)
+                                      collect_images, encode_metadata, note_repeated_ids)
 from skinlesion.predict.model import Predictor, load_predictor
 
 log = logging.getLogger("skinlesion.predict")
@@ -119,9 +119,15 @@ def predict(checkpoint: str | Path | Predictor, images: Sequence[str | Path] = (
     pred.module.to(device)
     for note in pred.notes:
         log.warning("%s", note)
-    if cases is not None:   # already read by the caller (FusionM4Net's stage 2 needs their metadata too)
-        pass
-    elif root is not None:
+    if cases is None:   # else already read by the caller (FusionM4Net's stage 2 needs their metadata too)
+        cases = _read_cases(pred, root, split, metadata, files)
+    frame, _ = predict_cases(pred, cases, device, batch_size, tta, num_workers, skip_unusable)
+    return frame
+
+
+def _read_cases(pred: Predictor, root: str | Path | None, split: str | None, metadata: str | Path | None,
+                files: list[tuple[Path, str, bool]]) -> Cases:
+    if root is not None:
         cases = cases_from_root(pred, root, split)
     elif metadata is not None:
         cases = cases_from_csv(pred, Path(metadata), files)
@@ -129,8 +135,11 @@ def predict(checkpoint: str | Path | Predictor, images: Sequence[str | Path] = (
         raise ConfigError("the model reads metadata only: pass --root or --metadata with the dataset's CSV")
     else:
         cases = cases_from_images(pred, files)
-    frame, _ = predict_cases(pred, cases, device, batch_size, tta, num_workers, skip_unusable)
-    return frame
+    repeated = note_repeated_ids(cases)
+    if repeated:
+        log.warning("%s: %d case id(s) are listed more than once; each row is predicted (the notes column names "
+                    "the other lines)", cases.source, repeated)
+    return cases
 
 
 def predict_cases(pred: Predictor, cases: Cases, device: str = "cpu", batch_size: int = 32, tta: str | None = None,
