@@ -64,6 +64,7 @@ def test_a_sigterm_that_nothing_requeues_is_recorded_interrupted(ended):
     record = run_record(runs["scancel"])
     assert record["status"] == "interrupted" and record["error"] == "interrupted by SIGTERM"
     assert [a["outcome"] for a in record["attempts"]] == ["interrupted"]         # not requeued, not run again
+    jobs["scancel"]._results_timeout_s = 1   # it has ended without a result file: none is coming (submitit waits 15 s)
     with pytest.raises(Exception):                                               # the job failed in submitit's eyes
         jobs["scancel"].result()
 
