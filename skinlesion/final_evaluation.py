@@ -60,7 +60,7 @@ def evaluate(cfg: DictConfig, out: Path, trainer, module, dm, params: dict) -> d
     if trainer.global_rank == 0 and cfg.model.get("search") == "scheme1" and "val" in metrics:
         fusion_scheme1(out, metrics, dm.info.dataset)
     if trainer.global_rank == 0:
-        metrics.update(case_summary(out, metrics, getattr(dm, "table", None)))
+        metrics.update(case_summary(out, metrics, dm.info.dataset))
         write_json(out / "metrics.json", metrics)
         log_final_metrics(trainer, metrics)
     return metrics
@@ -83,11 +83,11 @@ def fusion_scheme1(out: Path, metrics: dict, dataset: str) -> None:
     metrics["reported"] = "searched"
 
 
-def case_summary(out: Path, metrics: dict, table=None) -> dict:
+def case_summary(out: Path, metrics: dict, dataset: str) -> dict:
     """``calibration`` (ECE, Brier, NLL of the reported output's first task, before and after a temperature fitted
-    on validation) and ``subgroups`` (its BAC per subgroup and the worst-group gap, from the data module's
-    ``CaseTable``) on the test partition, or validation where there is none. A failure here is recorded in words
-    and logged; it does not stop a finished run from writing its metrics."""
+    on validation) and ``subgroups`` (its BAC per subgroup and the worst-group gap, from the run's saved
+    ``subgroups.csv``, as the report reads them) on the test partition, or validation where there is none. A failure
+    here is recorded in words and logged; it does not stop a finished run from writing its metrics."""
     from skinlesion.evaluation import calibration as C
     from skinlesion.evaluation import predictions as P
     from skinlesion.evaluation import subgroups as S
@@ -107,9 +107,9 @@ def case_summary(out: Path, metrics: dict, table=None) -> dict:
         scored = frame(split)
         val = frame("val", required=False) if split == "test" else None
         result["calibration"] = C.final_calibration(val, scored, reported, split)
-        if table is not None:
-            attrs = S.align(S.subgroup_frame(table).set_index("case_id"), scored["case_id"],
-                            S.attribute_names(table.dataset))
+        saved = S.read_attributes(out)
+        if saved is not None:
+            attrs = S.align(saved, scored["case_id"], S.attribute_names(dataset))
             task = P.task_names(scored)[0]
             gaps = S.point_gaps(P.targets(scored)[task], P.combine(scored, reported)[task], attrs)
             result["subgroups"] = {"split": split, "output": reported, "task": task, **gaps}

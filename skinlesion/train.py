@@ -58,7 +58,7 @@ def run(cfg: DictConfig, out: Path, state: dict | None = None, plan: resume.Resu
     """One training job; returns the metrics written to ``out/metrics.json``. ``state`` receives the trainer (so an
     interrupted job can say how far it got); ``plan`` says where training continues from (a checkpoint whose
     training is finished goes straight to the evaluation); ``wandb_id`` is the run's W&B run."""
-    from skinlesion.evaluation.subgroups import subgroup_frame
+    from skinlesion.evaluation import subgroups
     from skinlesion.final_evaluation import evaluate, results_table
     from skinlesion.models import parameter_report
 
@@ -70,7 +70,7 @@ def run(cfg: DictConfig, out: Path, state: dict | None = None, plan: resume.Resu
     log.info("parameters: %s", params)
     if rank_zero_only.rank == 0:
         write_csv(out / "folds.csv", dm.fold_frame())
-        write_csv(out / "subgroups.csv", subgroup_frame(dm.table))   # so the report needs no dataset
+        write_csv(out / subgroups.FILE, subgroups.subgroup_frame(dm.table))   # so the report needs no dataset
 
     callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     if not cfg.trainer.get("enable_progress_bar", True):   # the switch wins over the configured bar

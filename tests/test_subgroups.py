@@ -140,8 +140,9 @@ def test_end_of_training_summary_and_wandb_keys(tmp_path):
     sex = np.where(np.arange(200) < 100, "FEMALE", "MALE")
     table = SimpleNamespace(dataset="pad_ufes", case_ids=frames["test"]["case_id"].to_numpy(),
                             frame=pd.DataFrame({"gender": sex, "age": 50, "fitspatrick": np.nan, "region": "ARM"}))
+    S.subgroup_frame(table).to_csv(tmp_path / S.FILE, index=False)   # as training writes it
     metrics = {"reported": "image", "main_metric": "bac", "test": {}, "val": {}}
-    summary = case_summary(tmp_path, metrics, table)
+    summary = case_summary(tmp_path, metrics, "pad_ufes")
     cal, sub = summary["calibration"], summary["subgroups"]
     assert cal["split"] == "test" and cal["temperature"] > 0 and cal["ece"] > 0 and cal["ece_ts"] is not None
     assert sub["worst_attribute"] == "sex" and sub["attributes"]["age"]["gap"] is None   # one age band only
@@ -153,6 +154,6 @@ def test_end_of_training_summary_and_wandb_keys(tmp_path):
     assert flat["final/test/ece"] == cal["ece"] and flat["final/test/ece_ts"] == cal["ece_ts"]
     assert flat["final/test/worst_group_gap"] == flat["final/test/group_gap/sex"] == sub["worst_group_gap"]
     assert "final/test/group_gap/age" not in flat
-    broken = case_summary(tmp_path / "nowhere", metrics, table)   # no predictions: recorded in words, not raised
+    broken = case_summary(tmp_path / "nowhere", metrics, "pad_ufes")   # no predictions: recorded in words, not raised
     assert broken["calibration"]["error"].startswith("FileNotFoundError: no ") and "to score the 'image'" in \
         broken["calibration"]["error"]
