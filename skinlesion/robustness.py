@@ -11,16 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
-from skinlesion.evaluation.predictions import to_frame
+from skinlesion.evaluation.predictions import robustness_file, to_frame, withheld_condition
 from skinlesion.provenance import write_json, write_parquet
 
 log = logging.getLogger(__name__)
 
 WITHHELD = "withheld"
-
-
-def condition(x: str) -> str:
-    return f"no_{x}"
 
 
 def withhold_inputs(out: Path, dm, device: str = "cpu", batch_size: int = 32) -> dict[str, str]:
@@ -37,7 +33,6 @@ def withhold_inputs(out: Path, dm, device: str = "cpu", batch_size: int = 32) ->
     rows = np.flatnonzero(np.asarray(dm.partition) == split)
     done: dict[str, str] = {}
     for x in sorted(pred.reads):
-        name = condition(x)
         branches = answering_branches(pred, {x})
         if not branches:
             done[x] = f"no output of this model answers without '{x}' (branch inputs: {pred.branch_inputs})"
@@ -51,10 +46,10 @@ def withhold_inputs(out: Path, dm, device: str = "cpu", batch_size: int = 32) ->
         position = {str(c): i for i, c in enumerate(table.case_ids)}
         kept = np.array([position[c] for c in frame["case_id"]], dtype=np.int64)
         targets = {t.name: table.targets[kept, j] for j, t in enumerate(dm.info.tasks)}
-        write_parquet(out / "robustness" / f"{split}_{name}.parquet",
-                      to_frame(frame["case_id"], targets, {pred.output: reported}, pred.payload["tasks"]))
+        path = robustness_file(out, split, withheld_condition(x))
+        write_parquet(path, to_frame(frame["case_id"], targets, {pred.output: reported}, pred.payload["tasks"]))
         skipped = frame.attrs.get("skipped", 0)
-        done[x] = (f"robustness/{split}_{name}.parquet (from {'+'.join(branches)})"
+        done[x] = (f"{path.relative_to(out)} (from {'+'.join(branches)})"
                    + (f"; {skipped} case(s) left out: they lack another input too" if skipped else ""))
     write_json(out / "robustness" / "withheld.json", {"output": pred.output, "split": split, "inputs": done})
     log.info("missing-input robustness: %s", "; ".join(f"without {x}: {v}" for x, v in done.items()))

@@ -400,9 +400,6 @@ def problems_frame(jobs: Sequence[Job]) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------ case-level sections
 
-ROBUSTNESS_CONDITIONS = ("no_meta", "no_clinic", "no_derm")
-
-
 def case_split(dataset: str | None) -> str:
     """The split whose cases the calibration, bootstrap, subgroup and robustness sections score: the fixed test set
     where the dataset reports one, else the validation folds (ISIC-2019)."""
@@ -703,8 +700,8 @@ def robustness_records(jobs: Sequence[Job], records: pd.DataFrame) -> tuple[pd.D
         base = {"run": run, "dataset": r["dataset"], "split": split, "main_metric": r["main_metric"], "method": label,
                 "backbone": r["backbone"], "block": r["block"]}
         rows.append({**base, "condition": "all inputs", "score": r["score"]})
-        for cond in ROBUSTNESS_CONDITIONS:
-            path = job.path / "robustness" / f"{split}_{cond}.parquet"
+        for cond in P.WITHHELD_CONDITIONS:
+            path = P.robustness_file(job.path, split, cond)
             if not path.is_file():
                 continue
             try:

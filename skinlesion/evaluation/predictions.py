@@ -156,6 +156,20 @@ def combination_label(combination: Combination) -> str:
     return "+".join(f"{float(w):.4g}*{b}" for b, w in dict(combination).items())
 
 
+# Missing-input robustness: a run's predictions with one input withheld (written by skinlesion.robustness, read by
+# the report), one file per split and condition.
+def withheld_condition(key: str) -> str:
+    """The condition of predictions made without input ``key`` (meta, clinic, derm)."""
+    return f"no_{key}"
+
+
+WITHHELD_CONDITIONS = tuple(withheld_condition(x) for x in ("meta", "clinic", "derm"))
+
+
+def robustness_file(run_dir: str | Path, split: str, condition: str) -> Path:
+    return Path(run_dir) / "robustness" / f"{split}_{condition}.parquet"
+
+
 def to_frame(case_id, target: Mapping[str, np.ndarray], probs: Mapping[str, Mapping[str, np.ndarray]],
              classes: Mapping[str, list[str]],
              logits: Mapping[str, Mapping[str, np.ndarray]] | None = None) -> pd.DataFrame:

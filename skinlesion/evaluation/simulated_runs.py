@@ -99,7 +99,7 @@ def write_robustness(run_dir: str | Path, test: pd.DataFrame, reported: str, con
                      probs: Mapping[str, np.ndarray]) -> Path:
     """``robustness/test_<condition>.parquet``: the reported output's probabilities with an input withheld."""
     classes = P.task_classes(test)
-    path = Path(run_dir) / "robustness" / f"test_{condition}.parquet"
+    path = P.robustness_file(run_dir, "test", condition)
     path.parent.mkdir(parents=True, exist_ok=True)
     P.to_frame(test["case_id"], P.targets(test), {reported: probs}, classes).to_parquet(path, index=False)
     return path

@@ -23,6 +23,7 @@ from skinlesion.data.tasks import DERM7PT_AUC_CATEGORIES, DERM7PT_MELANOMA_CATEG
 
 from . import thesis_data as T
 from .aggregate import order_backbones, order_methods
+from .predictions import WITHHELD_CONDITIONS
 from .subgroups import group_order
 
 # thesis tables holding backbone × method BAC cells, and the matching Wilcoxon table
@@ -615,7 +616,7 @@ def robustness_table(records: pd.DataFrame, dataset: str, split: str, main_metri
     """Main metric of each method's reported output with all inputs and with each input withheld, mean ± sample
     std over runs; ``—`` where the method cannot answer without that input."""
     r = records[(records.dataset == dataset) & (records.main_metric == main_metric)]
-    conditions = ["all inputs"] + [c for c in ("no_meta", "no_clinic", "no_derm") if c in set(r["condition"])]
+    conditions = ["all inputs"] + [c for c in WITHHELD_CONDITIONS if c in set(r["condition"])]
     rows = []
     for method in order_methods(r["method"]):
         g = r[r.method == method]
