@@ -655,7 +655,7 @@ def _subgroup_means(acc, sizes: dict, level: float) -> tuple[pd.DataFrame, pd.Da
         by_attr.setdefault(k[:4], []).append((k[4], min(ns), max(ns)))
     for (ds, split, method, attr), groups in by_attr.items():
         for metric in ("bac", "acc", "auc"):
-            arrays, names, scored = [], [], []
+            arrays, names = [], []
             for grp, n_min, n_max in groups:
                 key = (ds, split, method, attr, grp, metric)
                 ok = key in acc.sums
@@ -667,9 +667,8 @@ def _subgroup_means(acc, sizes: dict, level: float) -> tuple[pd.DataFrame, pd.Da
                 if ok:
                     arrays.append(arr)
                     names.append(grp)
-                    scored.append(True)
-            if arrays:
-                d, best, worst = S.gap(np.stack(arrays), names, np.array(scored))
+            if arrays:   # only scored groups were kept
+                d, best, worst = S.gap(np.stack(arrays), names, np.ones(len(names), dtype=bool))
                 gap_rows.append({"dataset": ds, "split": split, "method": method, "attribute": attr,
                                  "metric": metric, "best": best, "worst": worst, **B.summary(d, level)})
     cols = ["dataset", "split", "method", "attribute", "group", "metric", "n_min", "n_max", "too_small", "runs",
