@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from skinlesion.data.info import INPUTS
 from skinlesion.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -21,6 +22,11 @@ FUSION_ARCHS = ("jf", "jif")   # model presets generated per fusion config: jf_<
 def _auto_precision() -> str:
     import torch
     return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def dropped_inputs(cfg: DictConfig) -> dict[str, float]:
+    """The inputs ``model.input_dropout`` drops at all (probability > 0), as plain floats."""
+    return {str(x): float(p) for x, p in (cfg.model.get("input_dropout") or {}).items() if float(p) > 0}
 
 
 def biased_loss_weight(branch: str, w) -> float:
@@ -258,7 +264,7 @@ SCHEMA: dict[str, Field] = {
     "model.net.fusion_input": _f("choice", choices=("concat", "derm_only", "sum")),
     "model.net.shared_classifier": BOOL,
     "model.search": _f("choice", choices=("scheme1", "none"), none=True),
-    **{f"model.input_dropout.{x}": _f("float", lo=0, hi=0.95) for x in ("meta", "clinic", "derm")},
+    **{f"model.input_dropout.{x}": _f("float", lo=0, hi=0.95) for x in INPUTS},
 }
 
 

@@ -32,6 +32,7 @@ def inference_payload(cfg, dm, module=None) -> dict:
     saved = getattr(dm, "inference_payload", None)
     if saved is not None:   # the stand-in DataModule of a model rebuilt from a checkpoint
         return saved
+    from skinlesion.config import dropped_inputs
     from skinlesion.data.transforms import tta_views
     from skinlesion.models import branch_inputs, required_inputs
 
@@ -58,6 +59,6 @@ def inference_payload(cfg, dm, module=None) -> dict:
         "branches": list(inputs),
         "branch_inputs": {b: list(need) for b, need in inputs.items()},
         # inputs the fused branches learned to do without (model.input_dropout): prediction then keeps them
-        "input_dropout": {str(x): float(v) for x, v in (cfg.model.get("input_dropout") or {}).items() if float(v) > 0},
+        "input_dropout": dropped_inputs(cfg),
         "metadata": None if vec is None else vec.state_dict(),
     }

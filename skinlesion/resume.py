@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from skinlesion import checkpoints, locks
+from skinlesion.data.info import INPUTS
 from skinlesion.errors import ConfigError
 from skinlesion.provenance import write_csv
 
@@ -46,7 +47,7 @@ RUNTIME_KEYS = ("ckpt_path", "resume", "gpu_pool", "gpu_lock_dir", "cpu_jobs", "
                 "trainer.enable_model_summary", "robustness")
 # Settings added after a run may have been saved, at the value that trains as before: a run saved without them
 # continues (an absent key and this value describe the same experiment).
-ADDED_DEFAULTS = {f"model.input_dropout.{x}": 0.0 for x in ("meta", "clinic", "derm")}
+ADDED_DEFAULTS = {f"model.input_dropout.{x}": 0.0 for x in INPUTS}
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,9 @@ def identity(cfg: DictConfig) -> dict:
 def method_label(cfg: DictConfig) -> str:
     """The method's display name; a run trained with input dropout is another method, named with it (e.g.
     ``JF-CAT[meta drop 0.3]``), so tables and statistics keep the two apart."""
-    drop = {x: float(p) for x, p in (cfg.model.get("input_dropout") or {}).items() if float(p) > 0}
+    from skinlesion.config import dropped_inputs
+
+    drop = dropped_inputs(cfg)
     return cfg.model.method + ("[" + ", ".join(f"{x} drop {p:g}" for x, p in sorted(drop.items())) + "]"
                                if drop else "")
 

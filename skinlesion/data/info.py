@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from skinlesion.data.tasks import Task
 
 META_INPUT = "meta"   # the metadata vector, as named in a network's branch_inputs (beside the image keys)
+INPUTS = (META_INPUT, "clinic", "derm")   # every input a network may read (model.input_dropout's keys)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from skinlesion.data.info import INPUTS
+
 TARGET_PREFIX = "target/"
 PROB_PREFIX = "prob/"
 LOGIT_PREFIX = "logit/"
@@ -163,7 +165,7 @@ def withheld_condition(key: str) -> str:
     return f"no_{key}"
 
 
-WITHHELD_CONDITIONS = tuple(withheld_condition(x) for x in ("meta", "clinic", "derm"))
+WITHHELD_CONDITIONS = tuple(withheld_condition(x) for x in INPUTS)
 
 
 def robustness_file(run_dir: str | Path, split: str, condition: str) -> Path:
