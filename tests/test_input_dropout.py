@@ -80,6 +80,32 @@ def test_without_dropout_a_fusion_only_model_has_no_answer_without_its_metadata(
     assert dropout["inputs"]["meta"].startswith("robustness/test_no_meta.parquet (from fusion)")
 
 
+def test_a_dropout_trained_jif_without_metadata_answers_with_its_two_remaining_branches(leaky_pad, tmp_path):
+    """JIF's image branch reads the clinical image, its fusion branch the image and the metadata. Trained with
+    metadata dropout, a case without metadata is answered by both, and the reported ``all`` is their mean; had it
+    not been trained so, only the image branch would answer."""
+    from skinlesion.predict import predict
+    from skinlesion.predict.model import load_predictor
+
+    run = train(["data=pad_ufes", f"data.root={leaky_pad}", "model=jif_cat", "trainer.limit_train_batches=1",
+                 "tta=none", "model.input_dropout.meta=0.5", "robustness=false"], tmp_path / "jif")
+    pred = load_predictor(run, "cpu")
+    csv = tmp_path / "no_meta.csv"
+    pd.read_csv(leaky_pad / "metadata.csv").drop(columns=pred.vectorizer.field_names).to_csv(csv, index=False)
+
+    def probs(frame, output):
+        return frame[[c for c in frame.columns if c.startswith(f"prob/{output}/diagnostic/")]].to_numpy(float)
+
+    frame = predict(pred, [leaky_pad / "images"], csv, device="cpu")
+    assert (frame["inputs"] == "clinic").all() and frame["missing"].str.startswith("meta").all()
+    assert np.isnan(probs(frame, "meta")).all() and not np.isnan(probs(frame, "fusion")).any()
+    np.testing.assert_allclose(probs(frame, "all"), (probs(frame, "image") + probs(frame, "fusion")) / 2, atol=1e-6)
+    pred.payload = {**pred.payload, "input_dropout": {}}     # as if trained without dropout: one branch left
+    alone = predict(pred, [leaky_pad / "images"], csv, device="cpu")
+    assert np.isnan(probs(alone, "fusion")).all()
+    np.testing.assert_allclose(probs(alone, "all"), probs(frame, "image"), atol=1e-6)
+
+
 def test_dropout_of_an_input_no_fused_branch_reads_fails_at_start(pad_root, tmp_path):
     with pytest.raises(SystemExit, match=r"error: model.input_dropout.meta=0.3: no branch of this network reads 'meta' "
                                           r"together with another input"):
